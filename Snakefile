@@ -1,0 +1,1 @@
+# The sweep workflow is assembled from workflow/rules/*.smk (see README).

@@ -1,0 +1,383 @@
+"""The read: order k, learning coefficient and kind of each direction at a frozen checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .correctability import correctability as _correctability
+from .direction import Direction, as_direction, normalise, validate_offsets
+from .fisher import (
+    FunctionalModel,
+    check_output,
+    directional_fisher_sums,
+    eval_mode,
+    iter_batches,
+    prepare_batch,
+)
+from .likelihood import get_likelihood
+from .rate import RateOptions, default_eps_flat, default_floor, read_rate
+
+DEFAULT_RADII = tuple(np.logspace(-4, 0, 25).tolist())
+
+
+@dataclass(frozen=True, eq=False)
+class Read:
+    """The read of one direction.
+
+    ``order`` is the measured KL order k̂ (``math.inf`` for a gauge; NaN when
+    unresolved); ``lam = 1/(2k̂)`` (0 for a gauge). ``ray_order`` is what the slope of
+    the straight ray alone says (a curved gauge reads 2 there). ``slope`` is the
+    log–log slope over ``window`` (radii, in parameter units); ``spread`` the largest
+    deviation of a local order from k̂ inside it. ``magnitude`` is ``g(θ_base; u)/g_ref``
+    with ``g_ref`` the median directional Fisher of random unit directions in the same
+    tensors (units of g: squared output units per squared parameter unit, divided by
+    σ² for the Gaussian head). ``correctability`` is ρ of METHOD §3 (NaN where not
+    computed). ``radii`` (shape ``(R,)``) and ``fisher`` (shape ``(R,)``) are the rate
+    curve; ``fisher_base`` is ``g`` at ``t = 0``.
+    """
+
+    name: str
+    layer: str
+    detector: str
+    order: float
+    kind: str
+    lam: float
+    slope: float
+    spread: float
+    window: tuple[float, float] | None
+    magnitude: float
+    correctability: float
+    radii: np.ndarray
+    fisher: np.ndarray
+    fisher_base: float
+    g_ref: float
+    ray_order: float
+    predicted_kind: str | None = None
+    predicted_order: float | None = None
+    note: str = ""
+    seconds: float = math.nan
+
+    @property
+    def matches_prediction(self) -> bool | None:
+        """Kind equal to the prediction and, for a finite predicted order, |k̂ − k| ≤ 0.05."""
+        if self.predicted_kind is None:
+            return None
+        if self.kind != self.predicted_kind:
+            return False
+        k = self.predicted_order
+        if k is None or math.isinf(k):
+            return True
+        return abs(self.order - k) <= 0.05
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """Options of the read beyond the rate tolerances.
+
+    ``n_reference``: random unit directions per tensor set for ``g_ref``.
+    ``rho_gauge``: ρ at or below this classifies a k̂ ≥ 1.5 ray as a curved gauge.
+    ``correctability``: compute ρ for rays that read ``|k̂ − 2| ≤ curved_gauge_band``.
+    ``memory_budget``: bytes per vmapped chunk of (direction, radius) pairs.
+    """
+
+    rate: RateOptions = RateOptions()
+    n_reference: int = 8
+    rho_gauge: float = 0.05
+    correctability: bool = True
+    curved_gauge_band: float = 0.5
+    memory_budget: int = 1 << 30
+
+
+@dataclass
+class _Group:
+    """Directions sharing a base point and a set of tensors: one vmap stream."""
+
+    base_key: int
+    support: tuple[str, ...]
+    base: dict[str, torch.Tensor]
+    indices: list[int]
+    vectors: list[dict[str, torch.Tensor]]
+    radii: list[np.ndarray]
+    refs: list[dict[str, torch.Tensor]]
+    ref_radius: float
+    points: dict[str, torch.Tensor] | None = None
+    tangents: dict[str, torch.Tensor] | None = None
+    sums: torch.Tensor | None = None
+
+
+def read(model, inputs, direction, **options) -> Read:
+    """Read one direction; see :func:`read_many` for the arguments."""
+    return read_many(model, inputs, [direction], **options)[0]
+
+
+def read_many(
+    model: torch.nn.Module,
+    inputs,
+    directions: Sequence,
+    *,
+    likelihood="gaussian",
+    output: Callable | None = None,
+    base: Mapping[str, torch.Tensor] | None = None,
+    radii: Iterable[float] | None = None,
+    dtype: torch.dtype = torch.float64,
+    batch_size: int | None = None,
+    chunk_size: int | None = None,
+    sigma: float = 1.0,
+    device: torch.device | str | None = None,
+    seed: int = 0,
+    options: ReadOptions | None = None,
+) -> list[Read]:
+    """Read many directions at one checkpoint, batched over (direction, radius) pairs.
+
+    ``model``: any module, evaluated by ``functional_call`` in eval mode at its named
+    parameters plus ``base`` (plus each direction's own ``base``). ``inputs``: a tensor,
+    a dict of keyword tensors, or an iterable of such batches (streamed once; ρ uses the
+    first batch). ``output`` maps the module's return value to the output tensor
+    ``(batch, ..., out)``. ``radii`` (default 1e-4 … 1, 25 log-spaced points) multiply
+    each direction's ``scale``. ``batch_size`` splits a single tensor input into probe
+    batches; ``chunk_size`` bounds the (direction, radius) pairs per vmapped call.
+    """
+    started = time.perf_counter()
+    options = options or ReadOptions()
+    lik = get_likelihood(likelihood, sigma)
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"model: expected a torch.nn.Module, got {type(model).__name__}.")
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}.")
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    if not params:
+        raise ValueError("model has no parameters to read directions in.")
+    device = torch.device(device) if device is not None else next(iter(params.values())).device
+    for name, value in params.items():
+        if not torch.isfinite(value).all():
+            raise ValueError(
+                f"parameter {name!r} of the model contains NaN or infinite values; the "
+                "checkpoint is corrupt or diverged."
+            )
+    params = {k: v.to(device=device, dtype=dtype) for k, v in params.items()}
+    buffers = {
+        k: (v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device))
+        for k, v in model.named_buffers()
+    }
+    grid = _radius_grid(radii)
+    directions = [as_direction(d, i) for i, d in enumerate(directions)]
+    if not directions:
+        return []
+    shared_base = validate_offsets("base", base, params, allow_zero=True) if base else {}
+    eps = torch.finfo(dtype).eps
+    bits = torch.finfo(dtype).bits
+    eps_flat = options.rate.eps_flat or default_eps_flat(bits)
+    floor = options.rate.floor or default_floor(eps)
+
+    groups = _make_groups(directions, params, shared_base, grid, options.n_reference, seed)
+
+    first_batch = None
+    n_samples = 0
+    with eval_mode(model), torch.no_grad():
+        for index, raw in enumerate(iter_batches(inputs, batch_size)):
+            batch = prepare_batch(raw, dtype, device, index)
+            if first_batch is None:
+                first_batch = batch
+            for group in groups:
+                fmodel = FunctionalModel(model, {**params, **group.base}, buffers, output)
+                y = check_output(fmodel({}, batch), index)
+                if not torch.isfinite(y).all():
+                    raise ValueError(
+                        f"the model's output on batch {index} contains NaN or infinite values "
+                        "at the base point; check the checkpoint and the base offsets."
+                    )
+                chunk = chunk_size or _auto_chunk(group, y, options.memory_budget)
+                sums = directional_fisher_sums(
+                    fmodel, lik, batch, group.points, group.tangents, chunk
+                )
+                group.sums = sums if group.sums is None else group.sums + sums
+            n_samples += y.shape[0]
+
+        reads: list[Read | None] = [None] * len(directions)
+        for group in groups:
+            fmodel = FunctionalModel(model, {**params, **group.base}, buffers, output)
+            g_all = (group.sums / n_samples).cpu().numpy()
+            n_dir = len(group.indices)
+            per_dir = [len(r) + 1 for r in group.radii]
+            ref_vals = g_all[sum(per_dir) :].reshape(len(group.refs), 2)
+            g_ref = float(np.median(ref_vals.max(axis=1))) if len(group.refs) else math.nan
+            offset = 0
+            for j in range(n_dir):
+                d = directions[group.indices[j]]
+                curve = g_all[offset : offset + per_dir[j]]
+                offset += per_dir[j]
+                reads[group.indices[j]] = _classify(
+                    d,
+                    group.vectors[j],
+                    group.radii[j],
+                    curve,
+                    g_ref,
+                    fmodel,
+                    lik,
+                    first_batch,
+                    eps_flat,
+                    floor,
+                    options,
+                )
+    elapsed = (time.perf_counter() - started) / len(directions)
+    return [_with_seconds(r, elapsed) for r in reads]
+
+
+def _with_seconds(r: Read, seconds: float) -> Read:
+    from dataclasses import replace
+
+    return replace(r, seconds=seconds)
+
+
+def _radius_grid(radii) -> np.ndarray:
+    grid = np.asarray(DEFAULT_RADII if radii is None else list(radii), dtype=float)
+    if grid.ndim != 1 or len(grid) < 4:
+        raise ValueError("radii: give a 1-d sequence of at least 4 positive radii.")
+    if not np.all(np.isfinite(grid)) or np.any(grid <= 0) or np.any(np.diff(grid) <= 0):
+        raise ValueError("radii must be finite, positive and strictly increasing.")
+    return grid
+
+
+def _seed_for(support: tuple[str, ...], seed: int) -> int:
+    digest = hashlib.sha256(("|".join(support) + f"#{seed}").encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def random_directions(
+    params: Mapping[str, torch.Tensor], support: Sequence[str], n: int, seed: int
+) -> list[dict[str, torch.Tensor]]:
+    """``n`` Gaussian unit directions over the tensors ``support``, seeded per tensor set."""
+    gen = torch.Generator().manual_seed(_seed_for(tuple(support), seed))
+    out = []
+    for _ in range(n):
+        vec = {
+            k: torch.randn(params[k].shape, generator=gen, dtype=torch.float64).to(
+                device=params[k].device, dtype=params[k].dtype
+            )
+            for k in support
+        }
+        out.append(normalise(vec))
+    return out
+
+
+def _make_groups(directions, params, shared_base, grid, n_reference, seed) -> list[_Group]:
+    groups: dict[tuple, _Group] = {}
+    for i, d in enumerate(directions):
+        vector = normalise(
+            validate_offsets(f"direction {d.name!r}", d.vector, params, allow_zero=False)
+        )
+        own_base = (
+            validate_offsets(f"base of direction {d.name!r}", d.base, params, allow_zero=True)
+            if d.base
+            else {}
+        )
+        key = (id(d.base) if d.base else 0, d.support)
+        if key not in groups:
+            merged = dict(shared_base)
+            for k, v in own_base.items():
+                merged[k] = merged.get(k, 0) + v
+            base = {k: params[k] + v for k, v in merged.items()}
+            groups[key] = _Group(key[0], d.support, base, [], [], [], [], 0.0)
+        group = groups[key]
+        group.indices.append(i)
+        group.vectors.append(vector)
+        group.radii.append(grid * d.scale)
+        group.ref_radius = max(group.ref_radius, float(grid[-1] * d.scale))
+    for group in groups.values():
+        theta = {k: group.base.get(k, params[k]) for k in group.support}
+        group.refs = random_directions(theta, group.support, n_reference, seed)
+        ts, us = [], []
+        for vec, rad in zip(group.vectors, group.radii, strict=True):
+            for t in (0.0, *rad):
+                ts.append(t)
+                us.append(vec)
+        for vec in group.refs:
+            for t in (0.0, group.ref_radius):
+                ts.append(t)
+                us.append(vec)
+        group.tangents = {k: torch.stack([u[k] for u in us]) for k in group.support}
+        t = torch.tensor(ts, dtype=theta[group.support[0]].dtype, device=theta[group.support[0]].device)
+        group.points = {
+            k: theta[k].unsqueeze(0) + t.reshape(-1, *([1] * theta[k].ndim)) * group.tangents[k]
+            for k in group.support
+        }
+        # Rate curves are stored as (base, radii...) per direction: put t = 0 first.
+    return list(groups.values())
+
+
+def _auto_chunk(group: _Group, y: torch.Tensor, budget: int) -> int:
+    numel = sum(v[0].numel() for v in group.points.values())
+    per_pair = y.element_size() * (2 * numel + 16 * y.numel())
+    n_pairs = next(iter(group.points.values())).shape[0]
+    return int(max(1, min(n_pairs, budget // max(per_pair, 1))))
+
+
+def _classify(
+    d: Direction,
+    vector,
+    radii,
+    curve,
+    g_ref,
+    fmodel,
+    lik,
+    first_batch,
+    eps_flat,
+    floor,
+    options: ReadOptions,
+) -> Read:
+    g_base = float(curve[0])
+    g = np.asarray(curve[1:], dtype=float)
+    rate = read_rate(radii, g, g_ref, eps_flat=eps_flat, floor=floor, options=options.rate)
+    magnitude = g_base / g_ref if g_ref > 0 else math.nan
+    rho = math.nan
+    note = ""
+    if rate.flat:
+        kind, order, lam = "gauge", math.inf, 0.0
+        note = "flat: g ≤ eps_flat·g_ref on the whole grid"
+    elif not math.isfinite(rate.order):
+        kind, order, lam = "unresolved", math.nan, math.nan
+        note = "no scaling window of minimum width"
+    elif rate.order < 1.5:
+        kind, order, lam = "regular", rate.order, 1.0 / (2.0 * rate.order)
+        if magnitude < options.rate.dead_magnitude:
+            note = "numerically dead, regular at this scale"
+    else:
+        # A straight ray leaves a curved orbit at second order, so only k̂ ≈ 2 can be a
+        # curved gauge; higher orders are genuine (METHOD §3).
+        if options.correctability and abs(rate.order - 2.0) <= options.curved_gauge_band:
+            rho = _correctability(
+                fmodel, lik, first_batch, vector, g_ref=g_ref, eps_flat=eps_flat
+            )
+        if math.isfinite(rho) and rho <= options.rho_gauge:
+            kind, order, lam = "gauge", math.inf, 0.0
+            note = "curved gauge: the ray's second-order departure is correctable"
+        else:
+            kind, order, lam = "singular", rate.order, 1.0 / (2.0 * rate.order)
+    return Read(
+        name=d.name,
+        layer=d.layer,
+        detector=d.detector,
+        order=order,
+        kind=kind,
+        lam=lam,
+        slope=rate.slope,
+        spread=rate.spread,
+        window=rate.window,
+        magnitude=magnitude,
+        correctability=rho,
+        radii=np.asarray(radii, dtype=float),
+        fisher=g,
+        fisher_base=g_base,
+        g_ref=g_ref,
+        ray_order=rate.order,
+        predicted_kind=d.predicted_kind,
+        predicted_order=d.predicted_order,
+        note=note,
+    )
