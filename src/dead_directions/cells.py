@@ -62,12 +62,19 @@ class Product(nn.Module):
         return out
 
 
+def _monomial(p: int) -> Callable:
+    def sigma(z):
+        return z**p
+
+    return sigma
+
+
 ACTIVATIONS: dict[str, tuple[Callable, int]] = {
     # name: (σ, order p of σ(z) ~ z^p at 0)
     "relu": (torch.relu, 1),
     "tanh": (torch.tanh, 1),
     "gelu": (nn.functional.gelu, 1),
-    **{f"z^{p}": ((lambda p: lambda z: z**p)(p), p) for p in range(1, 5)},
+    **{f"z^{p}": (_monomial(p), p) for p in range(1, 5)},
 }
 
 
@@ -143,7 +150,9 @@ class NormNet(nn.Module):
         self.head = nn.Linear(hidden, d_out, dtype=DTYPE)
         _randomise(self, generator)
         with torch.no_grad():
-            self.norm.weight.copy_(1.0 + 0.3 * torch.randn(hidden, generator=generator, dtype=DTYPE))
+            self.norm.weight.copy_(
+                1.0 + 0.3 * torch.randn(hidden, generator=generator, dtype=DTYPE)
+            )
             self.norm.bias.copy_(0.3 * torch.randn(hidden, generator=generator, dtype=DTYPE))
 
     def forward(self, x):
@@ -292,7 +301,10 @@ def read_cells(n_inputs: int = 512, seed: int = 0) -> list[Cell]:
         _dir(
             "layernorm-input-scale",
             "fc",
-            {"fc.weight": norm.fc.weight.detach().clone(), "fc.bias": norm.fc.bias.detach().clone()},
+            {
+                "fc.weight": norm.fc.weight.detach().clone(),
+                "fc.bias": norm.fc.bias.detach().clone(),
+            },
             "gauge",
             math.inf,
         ),
@@ -306,7 +318,10 @@ def read_cells(n_inputs: int = 512, seed: int = 0) -> list[Cell]:
         _dir(
             "layernorm-mean-shift",
             "fc",
-            {"fc.weight": torch.ones(5, 1, dtype=DTYPE) * row, "fc.bias": torch.ones(5, dtype=DTYPE)},
+            {
+                "fc.weight": torch.ones(5, 1, dtype=DTYPE) * row,
+                "fc.bias": torch.ones(5, dtype=DTYPE),
+            },
             "gauge",
             math.inf,
         ),

@@ -303,7 +303,9 @@ def _make_groups(directions, params, shared_base, grid, n_reference, seed) -> li
                 ts.append(t)
                 us.append(vec)
         group.tangents = {k: torch.stack([u[k] for u in us]) for k in group.support}
-        t = torch.tensor(ts, dtype=theta[group.support[0]].dtype, device=theta[group.support[0]].device)
+        t = torch.tensor(
+            ts, dtype=theta[group.support[0]].dtype, device=theta[group.support[0]].device
+        )
         group.points = {
             k: theta[k].unsqueeze(0) + t.reshape(-1, *([1] * theta[k].ndim)) * group.tangents[k]
             for k in group.support
@@ -352,9 +354,7 @@ def _classify(
         # A straight ray leaves a curved orbit at second order, so only k̂ ≈ 2 can be a
         # curved gauge; higher orders are genuine (METHOD §3).
         if options.correctability and abs(rate.order - 2.0) <= options.curved_gauge_band:
-            rho = _correctability(
-                fmodel, lik, first_batch, vector, g_ref=g_ref, eps_flat=eps_flat
-            )
+            rho = _correctability(fmodel, lik, first_batch, vector, g_ref=g_ref, eps_flat=eps_flat)
         if math.isfinite(rho) and rho <= options.rho_gauge:
             kind, order, lam = "gauge", math.inf, 0.0
             note = "curved gauge: the ray's second-order departure is correctable"

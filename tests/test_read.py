@@ -1,0 +1,196 @@
+"""The read's directional Fisher against explicit Jacobians, batching, streaming, errors."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from models import make, random_direction
+from torch.func import functional_call, jacrev
+
+import dead_directions as dd
+
+
+def explicit_fisher_quadratic(model, x, u, likelihood, shift=None):
+    """uᵀ F u with F = mean_x Jᵀ Λ J from a materialised jacrev Jacobian (test-only)."""
+    names = [k for k, _ in model.named_parameters()]
+    params = {k: p.detach().clone() for k, p in model.named_parameters()}
+    if shift is not None:
+        params = {k: params[k] + shift.get(k, 0) for k in names}
+    shapes = [params[k].shape for k in names]
+    sizes = [params[k].numel() for k in names]
+    flat = torch.cat([params[k].reshape(-1) for k in names])
+    buffers = dict(model.named_buffers())
+
+    def f(vec):
+        parts = torch.split(vec, sizes)
+        p = {k: v.reshape(s) for k, v, s in zip(names, parts, shapes, strict=True)}
+        return functional_call(model, {**buffers, **p}, (x,))
+
+    model.eval()
+    y = f(flat)
+    jac = jacrev(f)(flat)  # (B, ..., C, P)
+    uvec = torch.cat(
+        [u.get(k, torch.zeros(s)).reshape(-1) for k, s in zip(names, shapes, strict=True)]
+    )
+    uvec = uvec / uvec.norm()
+    ju = jac @ uvec  # (B, ..., C)
+    if likelihood == "gaussian":
+        per = (ju**2).reshape(ju.shape[0], -1).sum(1)
+    else:
+        pi = torch.softmax(y, -1)
+        lam = torch.diag_embed(pi) - pi.unsqueeze(-1) * pi.unsqueeze(-2)  # (B, ..., C, C)
+        quad = (ju.unsqueeze(-2) @ lam @ ju.unsqueeze(-1)).squeeze(-1).squeeze(-1)
+        per = quad.reshape(quad.shape[0], -1).sum(1)
+    return float(per.mean())
+
+
+@pytest.mark.parametrize("likelihood", ["gaussian", "categorical"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "block"])
+def test_jvp_fisher_equals_explicit_jacobian(name, likelihood):
+    model, x = make(name)
+    u = random_direction(model)
+    radii = [1e-3, 1e-2, 1e-1, 0.5]
+    r = dd.read(model, x, u, likelihood=likelihood, radii=radii)
+    norm = math.sqrt(sum(float((v**2).sum()) for v in u.values()))
+    unit = {k: v / norm for k, v in u.items()}
+    expected_base = explicit_fisher_quadratic(model, x, u, likelihood)
+    assert r.fisher_base == pytest.approx(expected_base, rel=1e-10)
+    for t, g in zip(radii, r.fisher, strict=True):
+        shifted = {k: t * v for k, v in unit.items()}
+        expected = explicit_fisher_quadratic(model, x, u, likelihood, shift=shifted)
+        assert g == pytest.approx(expected, rel=1e-10)
+
+
+def test_read_many_equals_single_reads_and_batches_the_model_calls():
+    model, x = make("mlp")
+    directions = [random_direction(model, seed=s) for s in range(32)]
+    calls = {"n": 0}
+    hook = model.fc1.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    many = dd.read_many(model, x, directions)
+    n_many = calls["n"]
+    calls["n"] = 0
+    singles = [dd.read(model, x, d) for d in directions]
+    n_single = calls["n"]
+    hook.remove()
+    for a, b in zip(many, singles, strict=True):
+        np.testing.assert_allclose(a.fisher, b.fisher, rtol=1e-12, atol=0)
+        assert a.fisher_base == pytest.approx(b.fisher_base, rel=1e-12)
+        assert a.order == pytest.approx(b.order, rel=1e-12)
+        assert a.kind == b.kind
+    # One vmapped pass per probe batch instead of one per direction.
+    assert n_many * 8 <= n_single
+
+
+def test_streaming_batches_equals_one_concatenated_batch():
+    model, x = make("block")
+    u = random_direction(model, names={"fc1.weight", "attn.q.weight"})
+    whole = dd.read(model, x, u, likelihood="categorical")
+    batches = list(torch.chunk(x.repeat(10, 1, 1), 10))  # 10 batches of the same data
+    streamed = dd.read(model, iter(batches), u, likelihood="categorical")
+    np.testing.assert_allclose(streamed.fisher, whole.fisher, rtol=1e-12)
+    split = dd.read(model, x, u, likelihood="categorical", batch_size=3)
+    np.testing.assert_allclose(split.fisher, whole.fisher, rtol=1e-12)
+
+
+def test_dict_inputs_and_output_callable():
+    class Wrapped(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *, features):
+            return {"logits": self.inner(features)}
+
+    model, x = make("mlp")
+    wrapped = Wrapped(model)
+    u = random_direction(model)
+    a = dd.read(model, x, u)
+    b = dd.read(
+        wrapped,
+        {"features": x},
+        {f"inner.{k}": v for k, v in u.items()},
+        output=lambda o: o["logits"],
+    )
+    np.testing.assert_allclose(a.fisher, b.fisher, rtol=1e-13)
+
+
+def test_base_offsets_move_the_read_point():
+    model, x = make("mlp")
+    u = random_direction(model, names={"fc2.weight"})
+    shift = {"fc1.bias": torch.full((6,), 0.3, dtype=torch.float64)}
+    r = dd.read(model, x, u, base=shift)
+    expected = explicit_fisher_quadratic(model, x, u, "gaussian", shift=shift)
+    assert r.fisher_base == pytest.approx(expected, rel=1e-10)
+
+
+def test_read_does_not_touch_the_model():
+    model, x = make("cnn")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    dd.read(model, x.float(), random_direction(model))
+    assert model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]) and v.dtype == before[k].dtype
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda m, x, u: (m, x, {"nope.weight": torch.ones(1)}), "unknown parameter name"),
+        (lambda m, x, u: (m, x, {"fc1.weight": torch.ones(2, 2)}), "shape"),
+        (lambda m, x, u: (m, x, {k: torch.zeros_like(v) for k, v in u.items()}), "zero"),
+        (lambda m, x, u: (m, x, {"fc1.bias": torch.full((6,), math.nan)}), "NaN"),
+        (lambda m, x, u: (m, x.clone().fill_(math.inf), u), "inputs"),
+        (lambda m, x, u: (m, x, {}), "zero"),
+    ],
+)
+def test_bad_input_raises_value_error_naming_the_problem(mutate, message):
+    model, x = make("mlp")
+    u = random_direction(model)
+    m, xx, uu = mutate(model, x, u)
+    with pytest.raises(ValueError, match=message):
+        dd.read(m, xx, uu)
+
+
+def test_non_finite_parameters_are_rejected():
+    model, x = make("mlp")
+    with torch.no_grad():
+        model.fc2.weight[0, 0] = math.nan
+    with pytest.raises(ValueError, match="fc2.weight.*NaN"):
+        dd.read(model, x, random_direction(model))
+
+
+def test_non_floating_output_is_rejected():
+    class Argmax(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3, 4, dtype=torch.float64)
+
+        def forward(self, x):
+            return self.fc(x).argmax(-1)
+
+    with pytest.raises(ValueError, match="not a floating tensor"):
+        dd.read(Argmax(), torch.randn(5, 3), {"fc.weight": torch.ones(4, 3)})
+
+
+def test_unknown_likelihood_is_rejected():
+    model, x = make("mlp")
+    with pytest.raises(ValueError, match="unknown likelihood 'poisson'"):
+        dd.read(model, x, random_direction(model), likelihood="poisson")
+
+
+def test_direction_objects_carry_predictions_into_the_read():
+    model, x = make("mlp")
+    d = dd.Direction(
+        "d0",
+        "fc1",
+        random_direction(model),
+        detector="random",
+        predicted_kind="regular",
+        predicted_order=1.0,
+    )
+    r = dd.read(model, x, d)
+    assert (r.name, r.layer, r.detector, r.kind) == ("d0", "fc1", "random", "regular")
+    assert r.matches_prediction is True
+    assert r.order == pytest.approx(1.0, abs=0.05)
