@@ -92,7 +92,7 @@ class ReadOptions:
     rho_gauge: float = 0.05
     correctability: bool = True
     curved_gauge_band: float = 0.5
-    memory_budget: int = 1 << 30
+    memory_budget: int = 1 << 29
 
 
 @dataclass
@@ -107,6 +107,7 @@ class _Group:
     radii: list[np.ndarray]
     refs: list[dict[str, torch.Tensor]]
     ref_radius: float
+    activation_numel: int | None = None
     points: dict[str, torch.Tensor] | None = None
     tangents: dict[str, torch.Tensor] | None = None
     sums: torch.Tensor | None = None
@@ -187,7 +188,11 @@ def read_many(
                 first_batch = batch
             for group in groups:
                 fmodel = FunctionalModel(model, {**params, **group.base}, buffers, output)
-                y = check_output(fmodel({}, batch), index)
+                if group.activation_numel is None:
+                    y, group.activation_numel = _forward_measuring(fmodel, batch)
+                else:
+                    y = fmodel({}, batch)
+                y = check_output(y, index)
                 if not torch.isfinite(y).all():
                     raise ValueError(
                         f"the model's output on batch {index} contains NaN or infinite values "
@@ -314,9 +319,37 @@ def _make_groups(directions, params, shared_base, grid, n_reference, seed) -> li
     return list(groups.values())
 
 
+def _forward_measuring(fmodel: FunctionalModel, batch) -> tuple[torch.Tensor, int]:
+    """Forward at the base, also counting the elements of every leaf module's output."""
+    count = [0]
+
+    def hook(_module, _args, out):
+        if isinstance(out, torch.Tensor):
+            count[0] += out.numel()
+
+    handles = [
+        m.register_forward_hook(hook)
+        for m in fmodel.module.modules()
+        if next(m.children(), None) is None
+    ]
+    try:
+        y = fmodel({}, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return y, count[0]
+
+
 def _auto_chunk(group: _Group, y: torch.Tensor, budget: int) -> int:
+    """Pairs per vmapped call so that one call's working set stays near ``budget`` bytes.
+
+    Per pair: the batched parameter point and tangent, plus primal and tangent copies of
+    the activations (measured once per group from leaf-module outputs; at least the
+    output) and temporaries.
+    """
     numel = sum(v[0].numel() for v in group.points.values())
-    per_pair = y.element_size() * (2 * numel + 16 * y.numel())
+    activations = max(group.activation_numel or 0, y.numel())
+    per_pair = y.element_size() * (2 * numel + 4 * activations)
     n_pairs = next(iter(group.points.values())).shape[0]
     return int(max(1, min(n_pairs, budget // max(per_pair, 1))))
 
