@@ -45,11 +45,16 @@ def explicit_fisher_quadratic(model, x, u, likelihood, shift=None):
     return float(per.mean())
 
 
+FIRST_LAYER = {"mlp": {"fc1.weight"}, "cnn": {"conv1.weight"}, "block": {"attn.q.weight"}}
+
+
+@pytest.mark.parametrize("support", ["all", "first-layer"])
 @pytest.mark.parametrize("likelihood", ["gaussian", "categorical"])
 @pytest.mark.parametrize("name", ["mlp", "cnn", "block"])
-def test_jvp_fisher_equals_explicit_jacobian(name, likelihood):
+def test_jvp_fisher_equals_explicit_jacobian(name, likelihood, support):
+    # "first-layer": every later linear/conv runs through the frozen-weight fast path.
     model, x = make(name)
-    u = random_direction(model)
+    u = random_direction(model, names=FIRST_LAYER[name] if support == "first-layer" else None)
     radii = [1e-3, 1e-2, 1e-1, 0.5]
     r = dd.read(model, x, u, likelihood=likelihood, radii=radii)
     norm = math.sqrt(sum(float((v**2).sum()) for v in u.values()))

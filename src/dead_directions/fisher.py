@@ -7,7 +7,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch.func import functional_call, jvp, vmap
+from torch.overrides import TorchFunctionMode
 
 from .likelihood import Likelihood
 
@@ -155,13 +157,84 @@ def directional_fisher_sums(
         return squared_norms(lik, y, dy).sum()
 
     batched = vmap(one)
+    frozen = {id(v) for k, v in fmodel.params.items() if k not in points}
+    frozen |= {id(v) for v in fmodel.buffers.values()}
     out = []
-    for start in range(0, n_pairs, chunk_size):
-        cut = slice(start, start + chunk_size)
-        p = {k: points[k][cut] for k in names}
-        t = {k: tangents[k][cut] for k in names}
-        out.append(batched(p, t))
+    with FrozenWeightMode(frozen):
+        for start in range(0, n_pairs, chunk_size):
+            cut = slice(start, start + chunk_size)
+            p = {k: points[k][cut] for k in names}
+            t = {k: tangents[k][cut] for k in names}
+            out.append(batched(p, t))
     return torch.cat(out)
+
+
+class _Frozen:
+    """Holds a layer's frozen tensors and arguments out of autograd's sight."""
+
+    __slots__ = ("func", "weight", "bias", "rest")
+
+    def __init__(self, func, weight, bias, rest):
+        self.func, self.weight, self.bias, self.rest = func, weight, bias, rest
+
+
+class _FrozenWeightOp(torch.autograd.Function):
+    """``func(x, W, b, *rest)`` with W, b constants: tangent ``func(ẋ, W, None, *rest)``.
+
+    PyTorch's forward-mode rule for linear/conv materialises a zero tangent for the
+    weight and multiplies by it, one wasted matmul per layer; with the weight held as
+    a constant the tangent costs one matmul and the jvp two, the floor.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, frozen):
+        return frozen.func(x, frozen.weight, frozen.bias, *frozen.rest)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.frozen = inputs[1]
+
+    @staticmethod
+    def jvp(ctx, x_t, _):
+        frozen = ctx.frozen
+        return frozen.func(x_t, frozen.weight, None, *frozen.rest)
+
+
+class FrozenWeightMode(TorchFunctionMode):
+    """Route linear and conv layers whose weights are not being read through
+    :class:`_FrozenWeightOp`. ``frozen`` holds the ids of the constant tensors."""
+
+    _FUNCS = {
+        F.linear: ("weight", "bias"),
+        F.conv1d: ("weight", "bias", "stride", "padding", "dilation", "groups"),
+        F.conv2d: ("weight", "bias", "stride", "padding", "dilation", "groups"),
+    }
+
+    def __init__(self, frozen: set[int]):
+        super().__init__()
+        self.frozen = frozen
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        names = self._FUNCS.get(func)
+        if names is not None and len(args) >= 2:
+            bound = dict(zip(names, args[1:], strict=False))
+            for key in names:
+                if key in kwargs:
+                    bound[key] = kwargs[key]
+            weight, bias = bound.get("weight"), bound.get("bias")
+            if (
+                isinstance(weight, torch.Tensor)
+                and id(weight) in self.frozen
+                and (bias is None or id(bias) in self.frozen)
+                and not isinstance(bound.get("padding"), str)
+            ):
+                defaults = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1}
+                rest = tuple(bound.get(k, defaults[k]) for k in names[2:])
+                return _FrozenWeightOp.apply(args[0], _Frozen(func, weight, bias, rest))
+        return func(*args, **kwargs)
 
 
 @contextlib.contextmanager
