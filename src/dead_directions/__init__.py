@@ -1,6 +1,17 @@
 """dead-directions: read singular structure at frozen checkpoints of neural networks."""
 
 from . import cells
+from .assembly import (
+    Assembly,
+    Locus,
+    Term,
+    assemble,
+    dln_lambda,
+    nu,
+    nu_frozen,
+    regular_lambda,
+    rrr_lambda,
+)
 from .direction import Direction
 from .likelihood import Likelihood, get_likelihood
 from .rate import RateOptions
@@ -9,6 +20,15 @@ from .read import Read, ReadOptions, read, read_many
 __version__ = "0.1.0"
 
 __all__ = [
+    "Assembly",
+    "Locus",
+    "Term",
+    "assemble",
+    "dln_lambda",
+    "nu",
+    "nu_frozen",
+    "regular_lambda",
+    "rrr_lambda",
     "Direction",
     "Likelihood",
     "RateOptions",

@@ -386,3 +386,6 @@ def _row(weight: torch.Tensor, j: int, axis: int) -> torch.Tensor:
     index[axis] = j
     out[tuple(index)] = weight.detach()[tuple(index)]
     return out
+
+
+from .assembly_cells import AssemblyCell, assembly_cells  # noqa: E402, F401  (METHOD §6)

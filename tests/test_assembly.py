@@ -1,0 +1,361 @@
+"""Assembly of (λ, m) from reads equals the closed forms; ν(k) by quadrature (METHOD §6)."""
+
+import itertools
+import math
+from fractions import Fraction
+
+import pytest
+import torch
+
+import dead_directions as dd
+from dead_directions.assembly import (
+    CLOSED_FORMS,
+    _variance_at,
+    crossing,
+    independent,
+    rrr_components,
+)
+
+RRR_MAX = 3
+CELL_NAMES = ["(ab)^2", "(abc)^2", "a^2b^4", "a^2+b^4", "regular-linear", "softmax-regression"] + [
+    f"rrr-M{M}-N{N}-H{H}-r{r}"
+    for M, N, H in itertools.product(range(1, RRR_MAX + 1), repeat=3)
+    for r in range(min(M, N, H) + 1)
+]
+
+
+@pytest.fixture(scope="module")
+def assembled():
+    """Every assembly cell read once (one intra-op thread: tiny models, 2 shared cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = {}
+        for cell in dd.cells.assembly_cells():
+            reads = cell.read()
+            out[cell.name] = (cell, reads, cell.assemble(reads))
+        return out
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_cell_list_is_complete(assembled):
+    assert sorted(assembled) == sorted(CELL_NAMES)
+    assert len(CELL_NAMES) == 6 + 63  # 63 = Σ_{M,N,H ≤ 3} (min(M,N,H) + 1)
+
+
+@pytest.mark.parametrize("name", CELL_NAMES)
+def test_assembled_lambda_and_m_equal_the_closed_form(assembled, name):
+    cell, reads, a = assembled[name]
+    lam, m = cell.closed_form
+    assert a.exact, a.notes
+    assert a.lam_exact == lam and a.m == m
+    assert abs(a.lam - float(lam)) <= 1e-6
+    # The measured path (λ from k̂ directly) agrees to 1 % and ties the same factors.
+    assert abs(a.lam_measured - float(lam)) <= 0.01 * float(lam)
+    assert a.m_measured == m
+    # Every order that entered is a measured one, close to an integer.
+    for t in a.terms:
+        assert t.kind in ("regular", "singular", "gauge")
+        if t.kind != "gauge":
+            assert abs(t.order - t.k) <= 0.01
+
+
+@pytest.mark.parametrize("name", [n for n in CELL_NAMES if n.startswith("rrr")])
+def test_rrr_live_count_per_component_is_read_not_computed(assembled, name):
+    """The number of live (k̂ ≈ 1) reads at each component equals its codimension."""
+    cell, reads, a = assembled[name]
+    by_component: dict = {}
+    for d, r in zip(cell.directions, reads, strict=True):
+        live = by_component.setdefault(d.meta["component"], [0, d.meta["codim"]])
+        live[0] += r.kind == "regular"
+        assert r.kind in ("regular", "gauge"), (r.name, r.kind, r.order)
+    M, N, H, r = (int(p[1:]) for p in name.split("-")[1:])
+    expected = {(s, t): c for s, t, c in rrr_components(M, N, H, r)}
+    assert {k: v[0] for k, v in by_component.items()} == expected
+
+
+def test_monomial_cells_read_their_orders(assembled):
+    orders = {
+        name: {t.name: t.k for t in assembled[name][2].terms}
+        for name in ("(ab)^2", "(abc)^2", "a^2b^4", "a^2+b^4")
+    }
+    assert orders == {
+        "(ab)^2": {"a1": 1, "a2": 1},
+        "(abc)^2": {"a1": 1, "a2": 1, "a3": 1},
+        "a^2b^4": {"a1": 1, "a2": 2},
+        "a^2+b^4": {"a": 1, "b": 2},
+    }
+
+
+def test_full_basis_without_declaration_is_independent(assembled):
+    cell, reads, a = assembled["regular-linear"]
+    assert cell.loci is None and a.loci is None
+    assert [t.kind for t in a.terms] == ["regular"] * 8
+    assert a.lam_exact == 4 and a.m == 1
+    # ν of independent directions adds: 8 regular directions, ν = 8 · ½.
+    assert abs(a.nu - 4.0) <= 1e-9
+
+
+def test_softmax_flat_gauges_add_zero(assembled):
+    cell, reads, a = assembled["softmax-regression"]
+    kinds = [t.kind for t in a.terms]
+    assert kinds.count("gauge") == 4 and kinds.count("regular") == 12
+    assert all("flat" in r.note for r in reads if r.kind == "gauge")
+    assert a.lam_exact == 6
+
+
+def test_sum_cell_nu_is_the_sum_of_nu_k(assembled):
+    a = assembled["a^2+b^4"][2]
+    assert abs(a.nu - (dd.nu(1)[0] + dd.nu(2)[0])) <= 1e-12
+    assert math.isnan(assembled["(ab)^2"][2].nu)  # no ν assembled across a crossing
+
+
+# ---------------------------------------------------------------------------- assembly rules
+
+
+def test_rules_on_declared_orders():
+    pairs = [("a", 1.0), ("b", 1.0), ("c", 2.0)]
+    assert dd.assemble(pairs).lam_exact == Fraction(5, 4)
+    a = dd.assemble(pairs, crossing("a", "b", "c"))
+    assert (a.lam_exact, a.m) == (Fraction(1, 4), 1)
+    a = dd.assemble(pairs, crossing("a", "b"))  # c adds independently
+    assert (a.lam_exact, a.m) == (Fraction(3, 4), 2)
+    assert any("not named" in n for n in a.notes)
+    # Sum of crossings: (ab)² + c⁴ → 1/2 + 1/4, m = 2 + 1 − 1.
+    a = dd.assemble(pairs, independent(crossing("a", "b"), "c"))
+    assert (a.lam_exact, a.m) == (Fraction(3, 4), 2)
+    # Crossing of sums: (a² + b²)·c⁴ → min(1, 1/4).
+    a = dd.assemble(pairs, crossing(independent("a", "b"), "c"))
+    assert (a.lam_exact, a.m) == (Fraction(1, 4), 1)
+    # Crossing of tied sums: (a² + b²)(c² + d²) → λ = 1, m = 2.
+    a = dd.assemble(
+        [("a", 1), ("b", 1), ("c", 1), ("d", 1)],
+        crossing(independent("a", "b"), independent("c", "d")),
+    )
+    assert (a.lam_exact, a.m) == (Fraction(1), 2)
+    # Sum of tied crossings: (ab)² + (cd)² → λ = 1, m = 2 + 2 − 1 = 3.
+    a = dd.assemble(
+        [("a", 1), ("b", 1), ("c", 1), ("d", 1)],
+        independent(crossing("a", "b"), crossing("c", "d")),
+    )
+    assert (a.lam_exact, a.m) == (Fraction(1), 3)
+
+
+def test_prior_exponents():
+    # K = b⁴ with prior |b|¹: (h+1)/(2k) = 2/4.
+    a = dd.assemble([("b", 2.0)], dd.Locus(("b",), h=1))
+    assert a.lam_exact == Fraction(1, 2)
+    # K = a²b², prior |a|¹: min(2/2, 1/2) = 1/2 with m = 1 (the tie is broken).
+    a = dd.assemble([("a", 1.0), ("b", 1.0)], crossing("a", "b", h={"a": 1}))
+    assert (a.lam_exact, a.m) == (Fraction(1, 2), 1)
+    assert math.isnan(a.terms[0].nu)  # ν(k) is defined for h = 0 only
+    assert dd.assemble([("b", 2.0)], dd.Locus(("b",), h=0.5)).lam_exact == Fraction(3, 8)
+    with pytest.raises(ValueError, match="exceed"):
+        dd.Locus(("b",), h=-1)
+
+
+def test_gauges_unresolved_and_tolerance():
+    a = dd.assemble([("a", 1.0), ("g", math.inf)])
+    assert a.lam_exact == Fraction(1, 2) and a.terms[1].kind == "gauge"
+    a = dd.assemble([("a", 1.0), ("b", 2.0), ("g", math.inf)], crossing("a", "b", "g"))
+    assert (a.lam_exact, a.m) == (Fraction(1, 4), 1)
+    assert any("not factors" in n for n in a.notes)
+    with pytest.raises(ValueError, match="at least one member"):
+        dd.assemble([("g", math.inf)], crossing("g"))
+    a = dd.assemble([("a", 1.0), ("u", math.nan)])
+    assert not a.exact and math.isnan(a.lam) and a.lam_exact is None
+    a = dd.assemble([("b", 2.04)])
+    assert a.exact and a.lam_exact == Fraction(1, 4)
+    assert a.lam_measured == pytest.approx(1 / 4.08)
+    a = dd.assemble([("b", 2.2)])
+    assert not a.exact and a.lam == pytest.approx(1 / 4.4) and a.terms[0].k is None
+    # Measured-path ties: k̂ = 1.01 and 0.99 tie within 5 %.
+    a = dd.assemble([("a", 1.01), ("b", 0.99)], crossing("a", "b"))
+    assert a.m_measured == 2 and a.m == 2
+
+
+def test_declaration_errors():
+    with pytest.raises(ValueError, match="not given"):
+        dd.assemble([("a", 1.0)], crossing("a", "z"))
+    with pytest.raises(ValueError, match="more than once"):
+        dd.assemble([("a", 1.0), ("a", 2.0)], crossing("a"))
+    with pytest.raises(ValueError, match="one place only"):
+        dd.assemble([("a", 1.0), ("b", 1.0)], independent(crossing("a", "b"), "a"))
+    with pytest.raises(ValueError, match="empty"):
+        dd.assemble([])
+    with pytest.raises(ValueError, match="members"):
+        dd.Locus((1, 2))
+    assert dd.assemble([("a", 1.0), ("a", 2.0)]).lam_exact == Fraction(3, 4)  # no loci: ok
+
+
+# ------------------------------------------------------------------------------ closed forms
+
+
+def test_polynomial_closed_forms_are_the_rule_values():
+    rule = {
+        "(ab)^2": ([("a", 1), ("b", 1)], crossing("a", "b")),
+        "(abc)^2": ([("a", 1), ("b", 1), ("c", 1)], crossing("a", "b", "c")),
+        "a^2+b^4": ([("a", 1), ("b", 2)], None),
+        "a^2b^4": ([("a", 1), ("b", 2)], crossing("a", "b")),
+    }
+    for name, (pairs, loci) in rule.items():
+        a = dd.assemble(pairs, loci)
+        assert (a.lam_exact, a.m) == CLOSED_FORMS[name]
+    assert dd.regular_lambda(7) == (Fraction(7, 2), 1)
+
+
+def _rrr_range(n):
+    for M, N, H in itertools.product(range(1, n + 1), repeat=3):
+        for r in range(min(M, N, H) + 1):
+            yield M, N, H, r
+
+
+def test_rrr_special_cases():
+    assert dd.rrr_lambda(1, 1, 1, 0) == (Fraction(1, 2), 2)  # the (ab)² cell
+    assert dd.rrr_lambda(3, 3, 3, 0) == (Fraction(7, 2), 2)
+    assert dd.rrr_lambda(2, 2, 2, 0) == (Fraction(3, 2), 1)
+    assert dd.rrr_lambda(1, 1, 2, 0) == (Fraction(1, 2), 1)
+    for M, N in itertools.product(range(1, 9), repeat=2):
+        # H = 1, r = 0: K = ‖a‖²‖b‖², crossing of a sum of M and a sum of N → min/2.
+        assert dd.rrr_lambda(M, N, 1, 0) == (Fraction(min(M, N), 2), 2 if M == N else 1)
+        for H in range(1, min(M, N) + 1):
+            # r = H: the rank-H matrices, a regular manifold of dimension H(M+N−H).
+            assert dd.rrr_lambda(M, N, H, H) == (Fraction(H * (M + N - H), 2), 1)
+        # H ≥ M + N: every N × M matrix is reachable: λ = MN/2.
+        assert dd.rrr_lambda(M, N, M + N, 0) == (Fraction(M * N, 2), 1)
+
+
+def test_rrr_symmetry_and_reduction():
+    for M, N, H, r in _rrr_range(8):
+        lam, m = dd.rrr_lambda(M, N, H, r)
+        assert (lam, m) == dd.rrr_lambda(N, M, H, r)  # transpose: M ↔ N
+        assert lam <= Fraction(H * (M + N), 2)  # never above the regular count
+        if r and min(M, N, H) > r:
+            reduced, m0 = dd.rrr_lambda(M - r, N - r, H - r, 0)
+            assert (lam, m) == (reduced + Fraction(r * (M + N - r), 2), m0)
+
+
+def test_rrr_components_reproduce_aoyagi_watanabe():
+    """min over components of codim/2 (with multiplicity) = the closed form, M,N,H ≤ 8."""
+    for M, N, H, r in _rrr_range(8):
+        codims = [c for _, _, c in rrr_components(M, N, H, r)]
+        lam = Fraction(min(codims), 2)
+        assert (lam, codims.count(min(codims))) == dd.rrr_lambda(M, N, H, r), (M, N, H, r)
+
+
+def test_rrr_rejects_bad_dimensions():
+    with pytest.raises(ValueError, match="exceeds"):
+        dd.rrr_lambda(2, 2, 1, 2)
+    with pytest.raises(ValueError, match="at least 1"):
+        dd.rrr_lambda(0, 2, 1, 0)
+
+
+def test_deep_linear_two_layers_reduce_to_reduced_rank():
+    for M, N, H, r in _rrr_range(8):
+        assert dd.dln_lambda((M, H, N), r) == dd.rrr_lambda(M, N, H, r), (M, N, H, r)
+
+
+def test_deep_linear_scalar_products_are_normal_crossings():
+    for layers in range(1, 8):
+        widths = (1,) * (layers + 1)
+        # K = (a₁⋯a_L)²: L crossing factors of order 1 (L = 1: one regular parameter).
+        assert dd.dln_lambda(widths, 0) == (Fraction(1, 2), layers)
+        assert dd.dln_lambda(widths, 1) == (Fraction(1, 2), 1)  # regular at a nonzero product
+    assert dd.dln_lambda((1, 1, 1), 0) == CLOSED_FORMS["(ab)^2"]
+    assert dd.dln_lambda((1, 1, 1, 1), 0) == CLOSED_FORMS["(abc)^2"]
+    with pytest.raises(ValueError, match="exceeds"):
+        dd.dln_lambda((2, 1, 2), 2)
+
+
+def test_deep_linear_values():
+    # Widths (2, 2, 2, 2), r = 0: Δ = (2, 2, 2, 2), ℓ = 3, S = 8, a = 2;
+    # λ = 2/12 − (3/2)(64/9) + ½·6·4 = 1/6 − 32/3 + 12 = 3/2; m = a(ℓ − a) + 1 = 3.
+    assert dd.dln_lambda((2, 2, 2, 2), 0) == (Fraction(3, 2), 3)
+    # A layer of full width passes through: (3, 5, 2) at r = 0 is regular-dimensional λ = 3.
+    assert dd.dln_lambda((3, 5, 2), 0) == dd.rrr_lambda(3, 2, 5, 0) == (Fraction(3), 1)
+
+
+# -------------------------------------------------------------------------------------- ν(k)
+
+NU_VALUES = {  # ν(k), leading order, from dd.nu (error < 1e-10)
+    1: 0.5,
+    2: 0.172973267434,
+    3: 0.278366474400,
+    4: 0.137855714857,
+    5: 0.206135249963,
+    6: 0.116661032372,
+}
+
+
+@pytest.mark.parametrize("k", range(1, 7))
+def test_nu_by_quadrature(k):
+    value, error = dd.nu(k)
+    assert 0 <= error < 1e-10
+    assert abs(value - NU_VALUES[k]) <= 1e-9
+    # The frozen part (Z = 0) is a lower bound here, and ν(k) ≤ λ_k-free ½.
+    assert dd.nu_frozen(k) < value + 1e-12 <= 0.5 + 1e-12
+
+
+def test_nu_k1_is_the_gaussian_closed_form():
+    # k = 1: ∝ exp(Zη − η²) is N(Z/2, 1/2), Var = 1/2 for every Z, so ν(1) = 1/2.
+    value, error = dd.nu(1)
+    assert abs(value - 0.5) <= max(error, 1e-14)
+    for z in (-6.0, -1.0, 0.0, 0.3, 4.0):
+        var, err = _variance_at(1, z)
+        assert abs(var - 0.5) <= max(err, 1e-12)
+
+
+def test_nu_frozen_closed_form_against_quadrature():
+    for k in range(1, 7):
+        lam = 1 / (2 * k)
+        var, err = _variance_at(k, 0.0)
+        assert abs(dd.nu_frozen(k) - var) <= max(err, 1e-12)
+        if k % 2:
+            assert dd.nu_frozen(k) == lam
+        else:
+            assert dd.nu_frozen(k) == pytest.approx(
+                lam - (math.gamma(lam + 0.5) / math.gamma(lam)) ** 2, abs=1e-14
+            )
+    assert dd.nu_frozen(2) == pytest.approx(0.135763354738884, abs=1e-12)
+
+
+def test_inner_variance_against_high_precision():
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 30
+    for k, z in [(2, -3.0), (2, 2.5), (3, 1.7), (4, -0.4), (5, 3.2), (6, 6.0)]:
+        zz = mpmath.mpf(z)
+
+        def weight(t, k=k, zz=zz):
+            return mpmath.exp(zz * t**k - t ** (2 * k))
+
+        peak = abs(z / 2) ** (1 / k)  # break the range at the density's peaks
+        cuts = [-mpmath.inf, -2 * peak, -peak, 0, peak, 2 * peak, mpmath.inf]
+
+        def moment(j, k=k, weight=weight, cuts=cuts):
+            return mpmath.quad(lambda t: t ** (j * k) * weight(t), cuts, maxdegree=10)
+
+        m0, m1, m2 = moment(0), moment(1), moment(2)
+        reference = float(m2 / m0 - (m1 / m0) ** 2)
+        var, err = _variance_at(k, z)
+        assert abs(var - reference) <= max(err, 1e-11), (k, z, var, reference)
+
+
+def test_nu_outer_rule_against_adaptive_quadrature():
+    from scipy import integrate
+
+    for k in (2, 3):
+
+        def integrand(z, k=k):
+            return _variance_at(k, z)[0] * math.exp(-z * z / 4) / math.sqrt(4 * math.pi)
+
+        value, err = integrate.quad(integrand, -40, 40, epsabs=1e-12, epsrel=1e-11, limit=200)
+        assert abs(value - dd.nu(k)[0]) <= 1e-9 + err
+
+
+def test_nu_rejects_non_integer_orders():
+    for bad in (0, 1.5, -2, True):
+        with pytest.raises(ValueError, match="integer"):
+            dd.nu(bad)
+        with pytest.raises(ValueError, match="integer"):
+            dd.nu_frozen(bad)
