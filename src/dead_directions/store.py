@@ -722,11 +722,12 @@ def open_cells(
     *,
     complete_only: bool = True,
     chunks: int | None = 256,
+    keys: Sequence[CellKey] | None = None,
 ):
     """The flat view ``(cell, direction, radius)``, cells sorted by label; dask-backed.
 
-    ``complete_only`` keeps the cells with a marker (default); ``chunks`` is the number of
-    cells per dask chunk (``None`` loads eagerly).
+    ``complete_only`` keeps the cells with a marker (default); ``keys`` keeps only those
+    cells; ``chunks`` is the number of cells per dask chunk (``None``: numpy, lazily).
     """
     import xarray as xr
 
@@ -740,6 +741,11 @@ def open_cells(
             zarr_format=3,
         )
     cells = done_cells(path) if complete_only else registry(path)
+    if keys is not None:
+        missing = [k for k in keys if k not in cells]
+        if missing:
+            raise ValueError(f"cell {missing[0]} is not complete in store {path}.")
+        cells = {k: cells[k] for k in keys}
     order = sorted(cells)
     ds = ds.isel(cell=[cells[k] for k in order])
     strings = [v.name for v in CELL_VARIABLES if v.dtype == "str" and v.name not in LABELS]
@@ -768,15 +774,19 @@ def open(path: str | os.PathLike, *, complete_only: bool = True, chunks: int | N
     return ds.transpose(*LABELS, "direction", "radius")
 
 
+def cell_datasets(path: str | os.PathLike, keys: Sequence[CellKey]) -> dict[CellKey, object]:
+    """Completed cells as ``(direction, radius)`` datasets holding only their used slots."""
+    ds = open_cells(path, chunks=None, keys=keys).load()
+    out = {}
+    for i, key in enumerate(sorted(keys)):
+        one = ds.isel(cell=i)
+        out[key] = one.isel(direction=slice(0, int(one["n_directions"])))
+    return out
+
+
 def cell_dataset(path: str | os.PathLike, key: CellKey):
     """One completed cell as a ``(direction, radius)`` dataset with only its used slots."""
-    cells = done_cells(path)
-    if key not in cells:
-        raise ValueError(f"cell {key} is not complete in store {path}.")
-    ds = open_cells(path, chunks=None)
-    one = ds.isel(cell=list(ds["cell"].values).index(cells[key])).load()
-    n = int(one["n_directions"])
-    return one.isel(direction=slice(0, n))
+    return cell_datasets(path, [key])[key]
 
 
 def read_records(reads: Sequence) -> list[Mapping[str, object]]:

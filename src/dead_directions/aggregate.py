@@ -1,0 +1,276 @@
+"""Aggregation of the store with dask: counts by kind, order quantiles, recovery, summed λ."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import store
+from .direction import KINDS
+
+QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
+QUANTILE_NAMES = ("order_min", "order_q25", "order_median", "order_q75", "order_max")
+POOLED = "all"
+COUNTS = tuple(f"n_{k}" for k in KINDS)
+COLUMNS = (
+    "family",
+    "size",
+    "step",
+    "layer",
+    "n_directions",
+    *COUNTS,
+    "n_dead",
+    *QUANTILE_NAMES,
+    "n_predicted",
+    "n_recovered",
+    "recovery",
+    "lam_sum",
+)
+METRICS: Mapping[str, str] = {
+    "n_dead": "dead directions (read singular or gauge)",
+    "n_singular": "directions read singular",
+    "n_gauge": "directions read gauge",
+    "n_regular": "directions read regular",
+    "n_unresolved": "directions left unresolved",
+    "order_median": "median measured order k̂ (finite orders)",
+    "order_q25": "25 % quantile of k̂",
+    "order_q75": "75 % quantile of k̂",
+    "order_min": "smallest k̂",
+    "order_max": "largest k̂",
+    "recovery": "recovery rate: reads matching their prediction / predicted directions",
+    "lam_sum": "summed λ_u = Σ 1/(2k̂) over resolved directions (gauges 0)",
+}
+
+
+@dataclass(frozen=True)
+class DaskOptions:
+    """Where the dask graph runs.
+
+    ``scheduler``: ``"local"`` (a ``distributed.LocalCluster`` of ``n_workers`` workers;
+    ``processes=False`` keeps the workers as threads of this process), ``"threads"`` or
+    ``"synchronous"`` (no cluster), a scheduler address
+    (``"tcp://host:8786"``), or ``"jobqueue"`` (a ``dask_jobqueue.SLURMCluster`` built from
+    ``jobqueue``: its keyword arguments plus ``jobs``, the number of jobs to scale to;
+    opt-in, needs the ``cluster`` extra, and submits jobs the workflow does not track).
+    """
+
+    scheduler: str = "local"
+    n_workers: int = 2
+    threads_per_worker: int = 1
+    memory_limit: str = "auto"
+    processes: bool = True
+    jobqueue: Mapping[str, object] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def dask_client(options: DaskOptions | None = None) -> Iterator[object]:
+    """Run the enclosed dask computations where ``options`` says; yields the client or None."""
+    import dask
+
+    options = options or DaskOptions()
+    kind = options.scheduler
+    if kind in {"threads", "synchronous", "processes"}:
+        with dask.config.set(scheduler=kind):
+            yield None
+        return
+    from distributed import Client
+
+    if kind == "local":
+        from distributed import LocalCluster
+
+        with (
+            LocalCluster(
+                n_workers=options.n_workers,
+                threads_per_worker=options.threads_per_worker,
+                memory_limit=options.memory_limit,
+                dashboard_address=None,
+                processes=options.processes,
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            yield client
+        return
+    if kind == "jobqueue":
+        try:
+            from dask_jobqueue import SLURMCluster
+        except ImportError as err:
+            raise ValueError(
+                "dask.scheduler 'jobqueue' needs dask-jobqueue: pip install "
+                "'dead-directions[cluster]'."
+            ) from err
+        kwargs = dict(options.jobqueue)
+        jobs = int(kwargs.pop("jobs", 1))
+        with SLURMCluster(**kwargs) as cluster, Client(cluster) as client:
+            cluster.scale(jobs=jobs)
+            yield client
+        return
+    if re.match(r"^[a-z]+://", kind):
+        with Client(kind) as client:
+            yield client
+        return
+    raise ValueError(
+        f"dask.scheduler: {kind!r} is not 'local', 'threads', 'synchronous', 'jobqueue' or a "
+        "scheduler address like 'tcp://host:8786'."
+    )
+
+
+def _metrics(ds, dims: Sequence[str]):
+    """Lazy metrics of ``ds`` (unstacked store) reduced over ``dims`` (ending in direction)."""
+    import xarray as xr
+
+    kind = ds["kind"]
+    valid = ds["label"] != ""
+    out = {f"n_{k}": (kind == k).sum(dims) for k in KINDS}
+    out["n_directions"] = valid.sum(dims)
+    out["n_dead"] = out["n_singular"] + out["n_gauge"]
+    order = ds["order"].where(np.isfinite(ds["order"]))
+    if len(dims) > 1:
+        order = order.stack(sample=dims).chunk(sample=-1)  # quantiles need one chunk
+        qdim = "sample"
+    else:
+        qdim = dims[0]
+    q = order.quantile(list(QUANTILES), dim=qdim, skipna=True)
+    for name, value in zip(QUANTILE_NAMES, QUANTILES, strict=True):
+        out[name] = q.sel(quantile=value, drop=True)
+    matches = ds["matches"]
+    out["n_predicted"] = (matches >= 0).sum(dims)
+    out["n_recovered"] = (matches == 1).sum(dims)
+    out["recovery"] = out["n_recovered"] / out["n_predicted"].where(out["n_predicted"] > 0)
+    resolved = valid & (kind != "unresolved")
+    out["lam_sum"] = ds["lam"].where(resolved).sum(dims, skipna=True)
+    return xr.Dataset(out)
+
+
+def summarize(ds):
+    """Per-cell and per-checkpoint (``layer = "all"``) metrics of an unstacked store; lazy.
+
+    ``ds``: :func:`dead_directions.store.open`. Counts are per kind; order quantiles are
+    over the finite measured orders (regular and singular reads; gauges read k = ∞ and
+    unresolved reads NaN are left out); ``recovery`` is the fraction of directions with a
+    prediction whose read matches it (``dd.Read.matches_prediction``); ``lam_sum`` sums
+    λ_u over resolved directions. Returns dims ``(family, size, step, layer)``.
+    """
+    import xarray as xr
+
+    per_layer = _metrics(ds, ("direction",))
+    pooled = _metrics(ds, ("layer", "direction")).expand_dims(layer=[POOLED])
+    present = (ds["n_directions"] >= 0).any("layer").expand_dims(layer=[POOLED])
+    pooled = pooled.where(present)
+    per_layer = per_layer.where(ds["n_directions"] >= 0)
+    return xr.concat([pooled, per_layer], dim="layer")
+
+
+def aggregate(path: str | os.PathLike, options: DaskOptions | None = None):
+    """Summarise the completed cells of the store at ``path``; a tidy ``pandas.DataFrame``.
+
+    One row per (family, size, step, layer) cell and per (family, size, step) with
+    ``layer = "all"``; columns :data:`COLUMNS`.
+    """
+    import pandas as pd
+
+    ds = store.open(path)
+    if not all(ds.sizes[d] for d in store.LABELS):
+        return pd.DataFrame(columns=list(COLUMNS))
+    with dask_client(options):
+        summary = summarize(ds).compute()
+    frame = summary.to_dataframe().reset_index()
+    frame = frame[frame["n_directions"].notna()]
+    for name in (*COUNTS, "n_directions", "n_dead", "n_predicted", "n_recovered"):
+        frame[name] = frame[name].astype(int)
+    frame["layer_rank"] = (frame["layer"] != POOLED).astype(int)
+    frame = frame.sort_values(["family", "size", "step", "layer_rank", "layer"])
+    return frame.drop(columns="layer_rank")[list(COLUMNS)].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------
+# Tables: rows step (training time), columns size (scale)
+# --------------------------------------------------------------------------------------
+
+
+def natural_key(text: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(text))]
+
+
+def size_order(family: str, sizes: Sequence[str]) -> list[str]:
+    """Sizes in the family's declared order (``dd.zoo``), others in natural order after."""
+    declared: Sequence[str] = ()
+    with contextlib.suppress(Exception):
+        from . import zoo
+
+        declared = zoo.get_family(family).sizes
+    rank = {s: i for i, s in enumerate(declared)}
+    return sorted(set(sizes), key=lambda s: (rank.get(s, len(rank)), natural_key(s)))
+
+
+def table(frame, family: str, metric: str, layer: str = POOLED):
+    """One metric of one family and layer: rows step, columns size (a ``DataFrame``)."""
+    sub = frame[(frame["family"] == family) & (frame["layer"] == layer)]
+    wide = sub.pivot_table(index="step", columns="size", values=metric, aggfunc="first")
+    wide = wide.reindex(columns=size_order(family, list(wide.columns)))
+    wide.columns.name = "size"
+    return wide
+
+
+def format_value(value, metric: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if metric.startswith("n_"):
+        return str(int(value))
+    if metric == "recovery":
+        return f"{100 * value:.0f} %"
+    return f"{value:.2f}"
+
+
+def markdown(wide, metric: str) -> str:
+    """A step × size table as GitHub Markdown."""
+    from tabulate import tabulate
+
+    rows = [[step, *(format_value(v, metric) for v in row)] for step, row in wide.iterrows()]
+    headers = ["step \\ size", *map(str, wide.columns)]
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def write_tables(frame, out_dir: str | os.PathLike) -> list[Path]:
+    """Write ``{family}/{metric}.csv`` (rows layer, step; columns size) and ``{family}.md``."""
+    import pandas as pd
+
+    out_dir = Path(out_dir)
+    written = []
+    for family in sorted(frame["family"].unique()):
+        fam_dir = out_dir / family
+        fam_dir.mkdir(parents=True, exist_ok=True)
+        sub = frame[frame["family"] == family]
+        layers = [POOLED, *sorted(x for x in sub["layer"].unique() if x != POOLED)]
+        lines = [
+            f"# {family}: dead directions across training time and scale",
+            "",
+            "Rows: training step; columns: model size; all layers pooled "
+            "(`results/tables/{family}/*.csv` have every layer).".replace("{family}", family),
+            "",
+        ]
+        for metric, meaning in METRICS.items():
+            parts = {layer: table(frame, family, metric, layer) for layer in layers}
+            wide = pd.concat(parts, names=["layer", "step"])
+            path = fam_dir / f"{metric}.csv"
+            wide.to_csv(path)
+            written.append(path)
+            lines += [f"## {metric}: {meaning}", "", markdown(parts[POOLED], metric), ""]
+        per_layer = ["## order_median per layer", ""]
+        for layer in layers[1:]:
+            per_layer += [
+                f"### {layer}",
+                "",
+                markdown(table(frame, family, "order_median", layer), "order_median"),
+                "",
+            ]
+        md = out_dir / f"{family}.md"
+        md.write_text("\n".join(lines + per_layer))
+        written.append(md)
+    return written
