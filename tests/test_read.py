@@ -199,3 +199,28 @@ def test_direction_objects_carry_predictions_into_the_read():
     assert (r.name, r.layer, r.detector, r.kind) == ("d0", "fc1", "random", "regular")
     assert r.matches_prediction is True
     assert r.order == pytest.approx(1.0, abs=0.05)
+
+
+def test_float32_reads_of_the_cells_agree_with_float64():
+    # The GPU path reads in float32; on CPU the same arithmetic checks the agreement.
+    for cell in dd.cells.read_cells(n_inputs=256):
+        r32 = cell.read(dtype=torch.float32)
+        r64 = cell.read()
+        assert r32.kind == r64.kind, cell.name
+        if math.isfinite(r64.order):
+            assert abs(r32.order - r64.order) <= 0.05, cell.name
+
+
+def test_read_on_device_spot_checks_low_precision_against_float64():
+    model, x = make("mlp")
+    dirs = [random_direction(model, seed=s) for s in range(6)]
+    reads, check, device, dtype = dd.read_on_device(
+        model, x, dirs, device="cpu", dtype=torch.float32, spot_check=3
+    )
+    assert (device, dtype) == ("cpu", "float32")
+    assert check.indices == (0, 2, 5)
+    assert check.kind_agreement == 1.0 and check.max_order_diff < 1e-3
+    reads64, none, _, dtype64 = dd.read_on_device(model, x, dirs, device="cpu")
+    assert none is None and dtype64 == "float64"
+    for a, b in zip(reads, reads64, strict=True):
+        assert a.fisher_base == pytest.approx(b.fisher_base, rel=1e-4)

@@ -15,7 +15,7 @@ from .assembly import (
 from .direction import Direction
 from .likelihood import Likelihood, get_likelihood
 from .rate import RateOptions
-from .read import Read, ReadOptions, read, read_many
+from .read import Read, ReadOptions, SpotCheck, read, read_many, read_on_device
 
 __version__ = "0.1.0"
 
@@ -38,4 +38,6 @@ __all__ = [
     "get_likelihood",
     "read",
     "read_many",
+    "read_on_device",
+    "SpotCheck",
 ]

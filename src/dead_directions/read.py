@@ -424,3 +424,77 @@ def _classify(
         predicted_order=d.predicted_order,
         note=note,
     )
+
+
+@dataclass(frozen=True)
+class SpotCheck:
+    """Float64 re-read of a subset of directions read in a lower precision.
+
+    ``indices``: which directions were re-read; ``max_order_diff``: largest |k̂₃₂ − k̂₆₄|
+    over finite orders; ``kind_agreement``: fraction of re-read directions with equal kind.
+    """
+
+    dtype: str
+    indices: tuple[int, ...]
+    max_order_diff: float
+    kind_agreement: float
+
+
+def read_on_device(
+    model: torch.nn.Module,
+    inputs,
+    directions: Sequence,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    spot_check: int = 4,
+    tf32: bool = False,
+    **options,
+) -> tuple[list[Read], SpotCheck | None, str, str]:
+    """Read on the best device: CUDA in float32 (checked), else CPU in float64.
+
+    ``device=None`` picks CUDA when available. In float32, ``spot_check`` directions
+    (evenly spaced) are re-read in float64 and the disagreement is returned, so a store
+    can record it. Returns ``(reads, spot check or None, device name, dtype name)``.
+    """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if dtype is None:
+        dtype = torch.float32 if device.type == "cuda" else torch.float64
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        reads = read_many(model, inputs, directions, device=device, dtype=dtype, **options)
+        check = None
+        if dtype != torch.float64 and spot_check > 0 and directions:
+            n = len(directions)
+            picks = tuple(
+                sorted(
+                    {round(i * (n - 1) / max(spot_check - 1, 1)) for i in range(min(spot_check, n))}
+                )
+            )
+            exact = read_many(
+                model,
+                inputs,
+                [directions[i] for i in picks],
+                device=device,
+                dtype=torch.float64,
+                **options,
+            )
+            diffs = [
+                abs(reads[i].order - e.order)
+                for i, e in zip(picks, exact, strict=True)
+                if math.isfinite(reads[i].order) and math.isfinite(e.order)
+            ]
+            same = sum(reads[i].kind == e.kind for i, e in zip(picks, exact, strict=True))
+            check = SpotCheck(
+                dtype=str(dtype).replace("torch.", ""),
+                indices=picks,
+                max_order_diff=max(diffs) if diffs else 0.0,
+                kind_agreement=same / len(picks),
+            )
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+    label = str(dtype).replace("torch.", "") + ("+tf32" if tf32 and dtype == torch.float32 else "")
+    return reads, check, str(device), label
