@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	# torch alone first: the pinned CPU build is available locally; a bare
 	# `torch` requirement would otherwise pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,cluster]"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -8,9 +8,11 @@
 #
 # Everything lives in $LOCAL_SLURM_DIR (default ${TMPDIR:-/tmp}/dead-directions-slurm):
 # slurm.conf, a private munge key and socket, spool/state dirs, logs and pid files. Nothing
-# under /etc is written: clients find the cluster through SLURM_CONF (see `env`), and jobs
-# inherit it (sbatch exports the environment). Ports default to 16817/16818 so that a
-# system SLURM, if any, is left alone.
+# under /etc is written. Clients find the cluster through SLURM_CONF (see `env`) or, where
+# no /etc/slurm/slurm.conf exists, through the link /run/slurm/conf -> $LOCAL_SLURM_DIR
+# (SLURM 21.08+ clients look there; /run is cleared at boot). The link matters: Snakemake's
+# jobstep executor drops SLURM_* variables, SLURM_CONF included, before its inner `srun`.
+# Ports default to 16817/16818 so that a system SLURM, if any, is left alone.
 #
 # The config suits containers: no accounting, proctrack/linuxproc and task/none (no cgroup
 # control needed), select/cons_tres over CPUs and memory, MinJobAge 600 s so that
@@ -172,6 +174,24 @@ stop_daemon() {
     log "stopped $name ($pid)"
 }
 
+link_run_conf() {
+    local link=/run/slurm/conf
+    if [[ -e /etc/slurm/slurm.conf ]]; then
+        log "warning: /etc/slurm/slurm.conf exists; commands without SLURM_CONF (the srun in"
+        log "  Snakemake's job steps) will talk to that cluster, not to this one"
+    elif [[ -L $link || ! -e $link ]]; then
+        mkdir -p /run/slurm
+        ln -sfn "$DIR" "$link"
+    else
+        log "warning: $link exists and is not a link; srun in Snakemake job steps may fail"
+    fi
+}
+
+unlink_run_conf() {
+    local link=/run/slurm/conf
+    if [[ -L $link && "$(readlink "$link")" == "$DIR" ]]; then rm -f "$link"; fi
+}
+
 cmd_start() {
     local t0=$SECONDS
     ((EUID == 0)) || die 3 "needs root (slurmd runs job steps as the submitting user)"
@@ -180,6 +200,7 @@ cmd_start() {
     exec 9>"$DIR/lock"
     flock -w 120 9 || die 1 "another local-slurm.sh holds $DIR/lock"
     if running; then
+        link_run_conf
         wait_idle || die 1 "daemons are running but the node is not usable"
         log "already running (SLURM_CONF=$CONF)"
         return 0
@@ -188,6 +209,7 @@ cmd_start() {
     stop_daemon slurmd
     stop_daemon slurmctld
     write_config
+    link_run_conf
     start_munged
     # -c: a fresh controller; jobs of an earlier, stopped instance are gone with its slurmd.
     slurmctld -c -f "$CONF" </dev/null 9>&- || die 1 "slurmctld did not start; see $DIR/log/slurmctld.log"
@@ -216,6 +238,7 @@ cmd_stop() {
     stop_daemon slurmd
     stop_daemon slurmctld
     stop_daemon munged
+    unlink_run_conf
 }
 
 cmd_status() {

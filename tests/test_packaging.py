@@ -16,7 +16,8 @@ def _name(req: str) -> str:
 def test_environment_yml_agrees_with_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = {_name(r) for r in project["dependencies"]}
-    wanted |= {_name(r) for r in project["optional-dependencies"]["dev"]}
+    for extra in ("dev", "cluster"):
+        wanted |= {_name(r) for r in project["optional-dependencies"][extra]}
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     conda, pip = set(), set()
     for dep in env["dependencies"]:
