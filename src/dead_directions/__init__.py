@@ -12,6 +12,7 @@ from .assembly import (
     regular_lambda,
     rrr_lambda,
 )
+from .detectors import detect
 from .direction import Direction
 from .likelihood import Likelihood, get_likelihood
 from .rate import RateOptions
@@ -35,6 +36,8 @@ __all__ = [
     "Read",
     "ReadOptions",
     "cells",
+    "detect",
+    "detectors",
     "get_likelihood",
     "read",
     "read_many",
