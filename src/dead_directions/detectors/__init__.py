@@ -21,8 +21,8 @@ DEFAULT_BY_LAYER_TYPE: dict[str, list[str]] = {
     "Conv1d": ["dead_unit", "duplicate_units", "relu_rescale", "random"],
     "Conv2d": ["dead_unit", "duplicate_units", "relu_rescale", "kfac", "random"],
     "LayerNorm": ["layernorm_kernel", "norm_input_scale"],
-    "BatchNorm1d": ["norm_input_scale"],
-    "BatchNorm2d": ["norm_input_scale"],
+    "BatchNorm1d": ["norm_input_scale", "dead_unit", "relu_rescale"],
+    "BatchNorm2d": ["norm_input_scale", "dead_unit", "relu_rescale"],
     "RMSNorm": ["norm_input_scale"],
     "attention": ["attention_qk"],
 }

@@ -212,9 +212,11 @@ class Structure:
                 steps.append(p)
                 v = next(i for i in e.inputs if self.values[i].producer is not None)
                 continue
-            exclusive = all(
-                len(self.values[x].consumers) == 1
-                for x in [e.outputs[0], *(self.events[s].outputs[0] for s in steps[1:])]
+            # values from the producer's output down to ``value``: each one before ``value``
+            # feeds only the next op; ``value`` itself at most one consumer (0: the output)
+            path = [e.outputs[0], *(self.events[s].outputs[0] for s in reversed(steps))]
+            exclusive = all(len(self.values[x].consumers) == 1 for x in path[:-1]) and (
+                len(self.values[path[-1]].consumers) <= 1
             )
             return Chain(e.outputs[0], tuple(reversed(steps)), p, value, exclusive)
         return None
@@ -436,7 +438,10 @@ def unit_map(structure: Structure, chain: Chain, producer: nn.Module) -> tuple[i
     function can follow exactly (elementwise ops; for conv, pooling, flatten, spatial
     mean).
     """
-    is_conv = isinstance(producer, nn.Conv1d | nn.Conv2d | nn.Conv3d)
+    is_conv = isinstance(producer, nn.Conv1d | nn.Conv2d | nn.Conv3d) or (
+        isinstance(producer, nn.modules.batchnorm._BatchNorm)
+        and structure.values[chain.start].tensor.ndim > 2
+    )
     order = 1.0
     activations = 0
     channels_last = not is_conv
@@ -502,4 +507,6 @@ def unit_map(structure: Structure, chain: Chain, producer: nn.Module) -> tuple[i
 def producer_units(module: nn.Module) -> int:
     if isinstance(module, nn.Linear):
         return module.out_features
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return module.num_features
     return module.out_channels

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .common import Timer, direction, is_linear_or_conv, used
+from .common import Timer, direction, is_batchnorm, is_linear_or_conv, used
 from .registry import register
 from .structure import step_of, unit_map
 
@@ -44,9 +44,25 @@ def unit_chain(ctx, producer: str) -> UnitChain | None:
     return found
 
 
+def is_unit_producer(module) -> bool:
+    """Linear/Conv (units: output features/channels) or an affine BatchNorm (units: its
+    channels, incoming parameters (γ_c, β_c) acting on the normalised input)."""
+    if module is None:
+        return False
+    return is_linear_or_conv(module) or (is_batchnorm(module) and module.affine)
+
+
+def _units_of(module) -> int:
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    if is_batchnorm(module):
+        return module.num_features
+    return module.out_channels
+
+
 def _unit_chain(ctx, producer: str) -> UnitChain | None:
     module = ctx.modules.get(producer)
-    if module is None or not is_linear_or_conv(module):
+    if not is_unit_producer(module):
         return None
     s = ctx.structure
     calls = s.calls.get(producer, [])
@@ -67,8 +83,8 @@ def _unit_chain(ctx, producer: str) -> UnitChain | None:
     block, order = mapped
     pre = s.values[calls[0].outputs[0]].tensor
     post = s.values[chain.end_input].tensor
-    units = module.out_features if isinstance(module, nn.Linear) else module.out_channels
-    if isinstance(module, nn.Linear):
+    units = _units_of(module)
+    if isinstance(module, nn.Linear) or pre.ndim == 2:
         pre = pre.reshape(-1, units)
     else:
         pre = pre.movedim(1, -1).reshape(-1, units)
@@ -97,6 +113,18 @@ def _in_names(ctx, producer: str) -> tuple[str, str | None]:
     return f"{producer}.weight", (f"{producer}.bias" if m.bias is not None else None)
 
 
+def _normalised(ctx, uc: UnitChain) -> torch.Tensor:
+    """A BatchNorm producer's normalised input, units on the last axis, shape (N, C)."""
+    m = ctx.modules[uc.producer]
+    x = uc.inputs.movedim(1, -1).reshape(-1, m.num_features)
+    prefix = f"{uc.producer}."
+    if m.track_running_stats and m.running_mean is not None:
+        mean, var = ctx.buffers[prefix + "running_mean"], ctx.buffers[prefix + "running_var"]
+    else:
+        mean, var = x.mean(0), x.var(0, unbiased=False)
+    return (x - mean) / torch.sqrt(var + m.eps)
+
+
 def _out_slice(ctx, uc: UnitChain, j: int) -> tuple:
     """Index of unit j's outgoing weights in the consumer's weight."""
     if isinstance(ctx.modules[uc.consumer], nn.Linear):
@@ -104,11 +132,15 @@ def _out_slice(ctx, uc: UnitChain, j: int) -> tuple:
     return (slice(None), j)
 
 
-def _preactivation(ctx, uc: UnitChain, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    """Pre-activations (flattened) of a unit with incoming weight ``w`` and bias ``b``."""
+def _preactivation(
+    ctx, uc: UnitChain, j: int, w: torch.Tensor, b: torch.Tensor | None
+) -> torch.Tensor:
+    """Pre-activations (flattened) of unit ``j`` with incoming weight ``w`` and bias ``b``."""
     m = ctx.modules[uc.producer]
     x = uc.inputs
-    if isinstance(m, nn.Linear):
+    if is_batchnorm(m):
+        z = w * _normalised(ctx, uc)[:, j]
+    elif isinstance(m, nn.Linear):
         z = x @ w
     else:
         conv = {1: nn.functional.conv1d, 2: nn.functional.conv2d, 3: nn.functional.conv3d}
@@ -158,8 +190,8 @@ def dead_unit(ctx, layer: str):
     for j in dead[: ctx.limit("dead_unit", 8)]:
         w_in = w[j].clone()
         b_in = b[j].clone() if b is not None else None
-        if _silent_along_ray(ctx, uc, w_in, b_in):
-            w_in, b_in = _firing_row(ctx, uc, w, b, gen)
+        if _silent_along_ray(ctx, uc, j, w_in, b_in):
+            w_in, b_in = _firing_row(ctx, uc, j, w, b, gen)
             if w_in is None:
                 continue
         w_out = q[_out_slice(ctx, uc, j)].clone()
@@ -182,7 +214,7 @@ def dead_unit(ctx, layer: str):
         if not homogeneous:
             # unit vector: each half has norm 1/√2, so pre-activations along the ray are
             # t z/√2; keep them in σ's power-law range (|t z| ≤ 0.1) on the whole grid
-            z = _preactivation(ctx, uc, w_in / n_in, b_in / n_in if b_in is not None else None)
+            z = _preactivation(ctx, uc, j, w_in / n_in, b_in / n_in if b_in is not None else None)
             zmax = float(z.abs().max()) / math.sqrt(2.0)
             scale = min(1.0, 0.1 / zmax) if zmax > 0 else 1.0
         out.append(
@@ -206,22 +238,22 @@ def dead_unit(ctx, layer: str):
     return out
 
 
-def _silent_along_ray(ctx, uc: UnitChain, w_in, b_in) -> bool:
-    z = _preactivation(ctx, uc, w_in, b_in)
+def _silent_along_ray(ctx, uc: UnitChain, j: int, w_in, b_in) -> bool:
+    z = _preactivation(ctx, uc, j, w_in, b_in)
     if float(z.abs().max()) == 0.0:
         return True
     a = uc.sigma(1e-3 * z / z.abs().max())
     return float(a.abs().max()) == 0.0
 
 
-def _firing_row(ctx, uc: UnitChain, w, b, gen):
+def _firing_row(ctx, uc: UnitChain, j: int, w, b, gen):
     """A seeded random incoming row (and bias 0) whose unit fires on the probe data."""
-    scale = float(w.norm()) / math.sqrt(w.shape[0])
+    scale = float(w.norm()) / math.sqrt(w.shape[0]) or 1.0
     for _ in range(8):
         cand = torch.randn(w.shape[1:], generator=gen, dtype=torch.float64) * scale
         for sign in (1.0, -1.0):
             b_in = torch.zeros((), dtype=torch.float64) if b is not None else None
-            if not _silent_along_ray(ctx, uc, sign * cand, b_in):
+            if not _silent_along_ray(ctx, uc, j, sign * cand, b_in):
                 return sign * cand, b_in
     return None, None
 
