@@ -1,0 +1,22 @@
+"""Closed-form vs assembled (from reads) vs devinterp's SGLD LLC on the assembly cells.
+
+Runs ``dead-directions compare-llc`` and writes the table, with the machine it ran on, to
+``benchmarks/results/compare_llc.md``. devinterp is an optional benchmark dependency:
+
+    .venv/bin/pip install --no-deps devinterp==2.0.1 && .venv/bin/pip install datasets
+
+(``--no-deps``: its requirements would otherwise be free to replace torch 2.13.0.)
+Default: the non-RRR cells and every RRR cell with M, N, H ≤ 2 (23 rows, about 6 minutes
+on 2 CPU cores); ``--all`` for every assembly cell (69 rows). Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from dead_directions.cli import main
+
+if __name__ == "__main__":
+    out = Path(__file__).parent / "results" / "compare_llc.md"
+    sys.exit(main(["compare-llc", "--out", str(out), *sys.argv[1:]]))
