@@ -157,6 +157,13 @@ def dead_unit(ctx, layer: str):
     """Units/channels of ``layer`` never active on the probe data, or with ~0 outgoing
     weights: node death, predicted singular of order p + 1 (p the activation order).
 
+    Dead: largest |activation| on the probe ≤ ``tol`` (1e-3) × the layer's largest
+    (``reason='silent'``), outgoing norm ≤ ``tol`` × the largest (``'zero_outgoing'``), or
+    in-norm × out-norm ≤ ``score_tol`` (1e-2) × the median (``'weak'``, a trained unit
+    decaying towards the locus). The prediction holds at the projected base whatever the
+    thresholds; they only choose which units count as dead. ``meta['distance']`` is the
+    checkpoint's distance to that base.
+
     Direction: (incoming row and bias, outgoing column) of the unit, each half of the
     unit norm; the incoming part is the unit's own weights unless they keep it silent
     along the ray (a dead ReLU's), in which case a seeded random row whose unit fires on
@@ -171,19 +178,24 @@ def dead_unit(ctx, layer: str):
     if uc is None or not (math.isfinite(uc.order) and uc.order >= 1) or uc.sigma is None:
         return []
     timer = Timer()
-    tol = float(ctx.option("dead_unit", "tol", 1e-6))
+    tol = float(ctx.option("dead_unit", "tol", 1e-3))
     w_name, b_name = _in_names(ctx, layer)
     q_name = f"{uc.consumer}.weight"
     if not used(ctx, [w_name, q_name]):
         return []
+    score_tol = float(ctx.option("dead_unit", "score_tol", 1e-2))
     w, q = ctx.params[w_name], ctx.params[q_name]
     b = ctx.params[b_name] if b_name else None
     act = uc.post.abs().amax(dim=(0, 2))  # (C,)
-    out_norm = torch.stack([q[_out_slice(ctx, uc, j)].norm() for j in range(act.shape[0])])  # (C,)
+    units = act.shape[0]
+    out_norm = torch.stack([q[_out_slice(ctx, uc, j)].norm() for j in range(units)])
+    in_sq = w.reshape(units, -1).pow(2).sum(1) + (b.pow(2) if b is not None else 0.0)
+    score = in_sq.sqrt() * out_norm
     silent = act <= tol * act.max().clamp_min(1e-300)
     no_out = out_norm <= tol * out_norm.max().clamp_min(1e-300)
-    dead = torch.nonzero(silent | no_out).flatten().tolist()
-    dead.sort(key=lambda j: (float(act[j]), j))
+    weak = score <= score_tol * score.median().clamp_min(1e-300)
+    dead = torch.nonzero(silent | no_out | weak).flatten().tolist()
+    dead.sort(key=lambda j: (float(score[j]) * float(act[j]), j))
     gen = ctx.generator("dead_unit", layer)
     homogeneous = _homogeneous_degree(uc) is not None
     out = []
@@ -229,7 +241,11 @@ def dead_unit(ctx, layer: str):
                 scale=scale,
                 unit=j,
                 consumer=uc.consumer,
-                reason="silent" if bool(silent[j]) else "zero_outgoing",
+                reason="silent"
+                if bool(silent[j])
+                else ("zero_outgoing" if bool(no_out[j]) else "weak"),
+                distance=math.sqrt(float(in_sq[j]) + float(out_norm[j]) ** 2),
+                score=float(score[j] / score.median().clamp_min(1e-300)),
                 activation_order=uc.order,
                 seconds=timer.seconds,
                 products=0,
