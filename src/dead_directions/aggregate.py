@@ -7,7 +7,6 @@ import math
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,76 +48,30 @@ METRICS: Mapping[str, str] = {
 }
 
 
-@dataclass(frozen=True)
-class DaskOptions:
-    """Where the dask graph runs.
-
-    ``scheduler``: ``"local"`` (a ``distributed.LocalCluster`` of ``n_workers`` workers;
-    ``processes=False`` keeps the workers as threads of this process), ``"threads"`` or
-    ``"synchronous"`` (no cluster), a scheduler address
-    (``"tcp://host:8786"``), or ``"jobqueue"`` (a ``dask_jobqueue.SLURMCluster`` built from
-    ``jobqueue``: its keyword arguments plus ``jobs``, the number of jobs to scale to;
-    opt-in, needs the ``cluster`` extra, and submits jobs the workflow does not track).
-    """
-
-    scheduler: str = "local"
-    n_workers: int = 2
-    threads_per_worker: int = 1
-    memory_limit: str = "auto"
-    processes: bool = True
-    jobqueue: Mapping[str, object] = field(default_factory=dict)
+IN_PROCESS = ("threads", "synchronous")
 
 
 @contextlib.contextmanager
-def dask_client(options: DaskOptions | None = None) -> Iterator[object]:
-    """Run the enclosed dask computations where ``options`` says; yields the client or None."""
+def dask_client(spec: Mapping[str, object] | str | None = None) -> Iterator[object]:
+    """Run the enclosed dask computations where ``spec`` says; yields the client or None.
+
+    ``spec``: ``"threads"`` or ``"synchronous"`` (dask's in-process schedulers, no
+    cluster), or what :func:`dead_directions.cluster.make_client` takes: ``None``/
+    ``"local"`` (a ``LocalCluster``), a scheduler address, ``"slurm"`` (a
+    ``dask_jobqueue.SLURMCluster``, opt-in), or a mapping of ``ClusterSpec`` fields (its
+    ``kind`` may also be ``"threads"``/``"synchronous"``).
+    """
     import dask
 
-    options = options or DaskOptions()
-    kind = options.scheduler
-    if kind in {"threads", "synchronous", "processes"}:
+    kind = spec.get("kind") if isinstance(spec, Mapping) else spec
+    if kind in IN_PROCESS:
         with dask.config.set(scheduler=kind):
             yield None
         return
-    from distributed import Client
+    from .cluster import make_client
 
-    if kind == "local":
-        from distributed import LocalCluster
-
-        with (
-            LocalCluster(
-                n_workers=options.n_workers,
-                threads_per_worker=options.threads_per_worker,
-                memory_limit=options.memory_limit,
-                dashboard_address=None,
-                processes=options.processes,
-            ) as cluster,
-            Client(cluster) as client,
-        ):
-            yield client
-        return
-    if kind == "jobqueue":
-        try:
-            from dask_jobqueue import SLURMCluster
-        except ImportError as err:
-            raise ValueError(
-                "dask.scheduler 'jobqueue' needs dask-jobqueue: pip install "
-                "'dead-directions[cluster]'."
-            ) from err
-        kwargs = dict(options.jobqueue)
-        jobs = int(kwargs.pop("jobs", 1))
-        with SLURMCluster(**kwargs) as cluster, Client(cluster) as client:
-            cluster.scale(jobs=jobs)
-            yield client
-        return
-    if re.match(r"^[a-z]+://", kind):
-        with Client(kind) as client:
-            yield client
-        return
-    raise ValueError(
-        f"dask.scheduler: {kind!r} is not 'local', 'threads', 'synchronous', 'jobqueue' or a "
-        "scheduler address like 'tcp://host:8786'."
-    )
+    with make_client(spec) as client:
+        yield client
 
 
 def _metrics(ds, dims: Sequence[str]):
@@ -167,18 +120,18 @@ def summarize(ds):
     return xr.concat([pooled, per_layer], dim="layer")
 
 
-def aggregate(path: str | os.PathLike, options: DaskOptions | None = None):
+def aggregate(path: str | os.PathLike, dask: Mapping[str, object] | str | None = None):
     """Summarise the completed cells of the store at ``path``; a tidy ``pandas.DataFrame``.
 
     One row per (family, size, step, layer) cell and per (family, size, step) with
-    ``layer = "all"``; columns :data:`COLUMNS`.
+    ``layer = "all"``; columns :data:`COLUMNS`. ``dask``: where it runs (:func:`dask_client`).
     """
     import pandas as pd
 
     ds = store.open(path)
     if not all(ds.sizes[d] for d in store.LABELS):
         return pd.DataFrame(columns=list(COLUMNS))
-    with dask_client(options):
+    with dask_client(dask):
         summary = summarize(ds).compute()
     frame = summary.to_dataframe().reset_index()
     frame = frame[frame["n_directions"].notna()]

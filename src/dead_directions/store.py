@@ -134,6 +134,9 @@ class Provenance:
     wall_seconds: float
     written_at: str
     host: str
+    spot_check_n: int = 0
+    spot_check_order_diff: float = math.nan
+    spot_check_kind_agreement: float = math.nan
 
     @classmethod
     def collect(
@@ -146,8 +149,12 @@ class Provenance:
         checkpoint: str = "",
         checkpoint_hash: str = "",
         wall_seconds: float = math.nan,
+        spot_check=None,
     ) -> Provenance:
-        """Fill in versions, commit, host and time of the running process."""
+        """Fill in versions, commit, host and time of the running process.
+
+        ``spot_check``: the ``dd.SpotCheck`` of a lower-precision read, if any.
+        """
         from . import __version__
 
         try:
@@ -169,6 +176,9 @@ class Provenance:
             wall_seconds=float(wall_seconds),
             written_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             host=platform.node(),
+            spot_check_n=len(spot_check.indices) if spot_check else 0,
+            spot_check_order_diff=spot_check.max_order_diff if spot_check else math.nan,
+            spot_check_kind_agreement=spot_check.kind_agreement if spot_check else math.nan,
         )
 
 
@@ -342,6 +352,9 @@ PROVENANCE_VARIABLES = tuple(
         ("wall_seconds", "float64", np.nan, "s"),
         ("written_at", "str", "", ""),
         ("host", "str", "", ""),
+        ("spot_check_n", "int32", -1, "1"),
+        ("spot_check_order_diff", "float64", np.nan, "1"),
+        ("spot_check_kind_agreement", "float64", np.nan, "1"),
     )
 )
 

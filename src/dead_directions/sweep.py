@@ -1,0 +1,740 @@
+"""The sweep's per-job steps (probe data, layers, detect, measure, …) and their CLI commands."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from . import store
+
+DTYPES = ("auto", "float64", "float32")
+# The sweep's name for the root module ('' in named_modules(), which owns parameters such
+# as a positional embedding): '' cannot be a path component or a store label.
+ROOT_LAYER = "_root"
+
+
+def sweep_layer(module: str) -> str:
+    """The sweep's (path-safe) name of a module: ``""`` becomes :data:`ROOT_LAYER`."""
+    return module or ROOT_LAYER
+
+
+def module_name(layer: str) -> str:
+    """The module name of a sweep layer (inverse of :func:`sweep_layer`)."""
+    return "" if layer == ROOT_LAYER else layer
+
+
+# --------------------------------------------------------------------------------------
+# Files between jobs: probe data and directions (safetensors, no pickle)
+# --------------------------------------------------------------------------------------
+
+
+def save_probe(inputs, path: str | os.PathLike) -> str:
+    """Save probe inputs (a tensor or a dict of tensors); return their content hash."""
+    from safetensors.torch import save_file
+
+    tensors = {"input": inputs} if not isinstance(inputs, Mapping) else dict(inputs)
+    kind = "tensor" if not isinstance(inputs, Mapping) else "dict"
+    digest = probe_hash(inputs)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+        str(tmp),
+        metadata={"kind": kind, "sha256": digest},
+    )
+    os.replace(tmp, path)
+    return digest
+
+
+def load_probe(path: str | os.PathLike):
+    """Probe inputs saved by :func:`save_probe` and their hash."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"probe data {path} does not exist; run the probe rule first.")
+    with safe_open(str(path), "pt") as fh:
+        meta = fh.metadata() or {}
+    tensors = load_file(str(path))
+    inputs = tensors["input"] if meta.get("kind") == "tensor" else tensors
+    return inputs, meta.get("sha256") or probe_hash(inputs)
+
+
+def probe_hash(inputs) -> str:
+    """sha256 over names, dtypes, shapes and bytes of the probe tensors."""
+    tensors = {"input": inputs} if not isinstance(inputs, Mapping) else dict(inputs)
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _jsonable(x):
+    if isinstance(x, float) and math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    if isinstance(x, float) and math.isnan(x):
+        return "nan"
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, int | float | str | bool) or x is None:
+        return x
+    return str(x)
+
+
+def _float(x):
+    return None if x is None else float(x)
+
+
+def save_directions(directions, path: str | os.PathLike, info: Mapping | None = None) -> None:
+    """Save ``dd.Direction``s (vectors and bases as tensors, the rest as JSON metadata)."""
+    from safetensors.torch import save_file
+
+    tensors, records = {}, []
+    for i, d in enumerate(directions):
+        for name, value in d.vector.items():
+            tensors[f"{i:05d}.vector.{name}"] = value.detach().cpu().contiguous()
+        for name, value in (d.base or {}).items():
+            tensors[f"{i:05d}.base.{name}"] = value.detach().cpu().contiguous()
+        records.append(
+            {
+                "name": d.name,
+                "layer": d.layer,
+                "detector": d.detector,
+                "predicted_kind": d.predicted_kind,
+                "predicted_order": _jsonable(_float(d.predicted_order)),
+                "scale": d.scale,
+                "base": bool(d.base),
+                "meta": _jsonable(dict(d.meta)),
+            }
+        )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    meta = {"directions": json.dumps(records), "info": json.dumps(_jsonable(dict(info or {})))}
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def load_directions(path: str | os.PathLike) -> list:
+    """Directions saved by :func:`save_directions`."""
+    from safetensors import safe_open
+
+    from .direction import Direction
+
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"directions file {path} does not exist; run the detect rule first.")
+    with safe_open(str(path), "pt") as fh:
+        records = json.loads((fh.metadata() or {})["directions"])
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+    out = []
+    for i, rec in enumerate(records):
+        prefix_v, prefix_b = f"{i:05d}.vector.", f"{i:05d}.base."
+        vector = {k[len(prefix_v) :]: v for k, v in tensors.items() if k.startswith(prefix_v)}
+        base = {k[len(prefix_b) :]: v for k, v in tensors.items() if k.startswith(prefix_b)}
+        po = rec["predicted_order"]
+        out.append(
+            Direction(
+                name=rec["name"],
+                layer=rec["layer"],
+                vector=vector,
+                detector=rec["detector"],
+                predicted_kind=rec["predicted_kind"],
+                predicted_order=None if po is None else float(po),
+                base=base if rec["base"] else None,
+                scale=float(rec["scale"]),
+                meta=rec.get("meta") or {},
+            )
+        )
+    return out
+
+
+def cap_directions(directions: Sequence, limit: int) -> tuple[list, int]:
+    """At most ``limit`` directions, taken round-robin over detectors in their order."""
+    if len(directions) <= limit:
+        return list(directions), 0
+    queues: dict[str, list] = {}
+    for d in directions:
+        queues.setdefault(d.detector, []).append(d)
+    kept: list = []
+    while len(kept) < limit:
+        for q in queues.values():
+            if q and len(kept) < limit:
+                kept.append(q.pop(0))
+    order = {id(d): i for i, d in enumerate(directions)}
+    kept.sort(key=lambda d: order[id(d)])
+    return kept, len(directions) - limit
+
+
+# --------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------
+
+
+def family(name: str):
+    """The zoo family ``name`` (``dd.zoo.get_family``)."""
+    from . import zoo
+
+    return zoo.get_family(name)
+
+
+def load_model(checkpoint: str | os.PathLike, family_name: str, size: str | None = None):
+    """``(model, meta)`` of a checkpoint of ``family_name``; ``ValueError`` names the cause."""
+    from . import checkpoints
+
+    path = Path(checkpoint)
+    if not path.exists():
+        raise ValueError(f"checkpoint {path} does not exist.")
+    return checkpoints.load(path, family=family_name, size=size)
+
+
+def resolve_device(device: str = "auto"):
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _torch_dtype(name: str):
+    """``None`` for ``"auto"`` (the device decides), else the torch dtype."""
+    import torch
+
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {name!r}.")
+    return None if name == "auto" else getattr(torch, name)
+
+
+def _threads(n: int | None) -> None:
+    import torch
+
+    if n:
+        torch.set_num_threads(int(n))
+
+
+# --------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------
+
+
+def _sidecar_matches(path: Path, family_name: str, size: str, seed: int, tiny: bool) -> bool:
+    from . import checkpoints
+
+    try:
+        meta = checkpoints.read_meta(path)
+    except (OSError, ValueError):
+        return False
+    return (
+        meta.get("family") == family_name
+        and str(meta.get("size")) == size
+        and int(meta.get("seed", -1)) == seed
+        and bool(meta.get("tiny", False)) == tiny
+    )
+
+
+def cmd_checkpoints(args) -> int:
+    """Obtain one (family, size)'s checkpoints and write their manifest.
+
+    Trains the zoo family (``dd.zoo.train``) at the ``--save`` steps unless every one is
+    already on disk from the same family, size, seed and recipe; or, with ``--external``,
+    registers checkpoint files the user brings (``STEP=PATH``, read as they are).
+    """
+    started = time.perf_counter()
+    _threads(args.threads)
+    root = Path(args.root)
+    if args.external:
+        steps = {}
+        for item in args.external:
+            step, _, path = item.partition("=")
+            if not step.isdigit() or not path:
+                raise ValueError(f"--external: expected STEP=PATH, got {item!r}.")
+            steps[int(step)] = path
+        how = "registered"
+    else:
+        from . import zoo
+
+        fam = family(args.family)
+        save = sorted(set(args.save or fam.default_steps(args.tiny)))
+        paths = {s: root / args.family / args.size / f"step{s:07d}.safetensors" for s in save}
+        have = all(
+            p.exists() and _sidecar_matches(p, args.family, args.size, args.seed, args.tiny)
+            for p in paths.values()
+        )
+        if not have:
+            zoo.train(args.family, args.size, save, root, seed=args.seed, tiny=args.tiny)
+        steps = {s: str(p) for s, p in paths.items()}
+        how = "found" if have else "trained"
+    record = {
+        "family": args.family,
+        "size": args.size,
+        "seed": args.seed,
+        "tiny": bool(args.tiny),
+        "how": how,
+        "checkpoints": {str(k): v for k, v in sorted(steps.items())},
+    }
+    out = Path(args.manifest)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    print(
+        f"{args.family}/{args.size}: {len(steps)} checkpoints {how} in "
+        f"{time.perf_counter() - started:.1f} s -> {out}"
+    )
+    return 0
+
+
+def cmd_probe(args) -> int:
+    """Draw a family's probe inputs and save them (with their hash)."""
+    fam = family(args.family)
+    inputs = fam.probe(n=args.n, seed=args.seed)
+    digest = save_probe(inputs, args.out)
+    print(f"probe data of {args.family}: {args.out} (sha256 {digest[:12]})")
+    return 0
+
+
+def cmd_layers(args) -> int:
+    """Write the layer names a sweep fans out over for one family and size (JSON list)."""
+    from . import detectors
+
+    _threads(args.threads)
+    if args.checkpoint:
+        model, _ = load_model(args.checkpoint, args.family, args.size)
+    else:
+        model = family(args.family).build(args.size)
+    names = [sweep_layer(n) for n in detectors.layers(model)]
+    if args.only:
+        unknown = sorted(set(args.only) - set(names))
+        if unknown:
+            raise ValueError(
+                f"layers {unknown} are not sweep layers of {args.family}/{args.size}; "
+                f"available: {names}"
+            )
+        names = [n for n in names if n in set(args.only)]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(names, indent=1) + "\n")
+    print(f"{len(names)} layers of {args.family}/{args.size}: {', '.join(names)}")
+    return 0
+
+
+def detect_cell(
+    model, inputs, fam, layer: str, *, detectors=None, max_per_layer=None, limit=None, seed=0
+):
+    """The directions of one layer (capped at ``limit``) and how many were dropped."""
+    import dead_directions as dd
+
+    found = dd.detect(
+        model,
+        inputs,
+        detectors=detectors,
+        layers=[module_name(layer)],
+        max_per_layer=max_per_layer,
+        seed=seed,
+        output=fam.output,
+        likelihood=fam.likelihood,
+    )
+    return cap_directions(found, limit) if limit else (found, 0)
+
+
+def cmd_detect(args) -> int:
+    """Run the detectors on one layer of one checkpoint; save the directions."""
+    started = time.perf_counter()
+    _threads(args.threads)
+    fam = family(args.family)
+    model, _ = load_model(args.checkpoint, args.family, args.size)
+    inputs, digest = load_probe(args.probe)
+    limit = store.layout(args.store).max_directions if args.store else args.limit
+    found, dropped = detect_cell(
+        model,
+        inputs,
+        fam,
+        args.layer,
+        detectors=args.detectors or None,
+        max_per_layer=args.max_per_layer,
+        limit=limit,
+        seed=args.seed,
+    )
+    if dropped:
+        print(
+            f"warning: {dropped} directions dropped to fit the store's max_directions = {limit}",
+            file=sys.stderr,
+        )
+    info = {"checkpoint": str(args.checkpoint), "probe_hash": digest, "dropped": dropped}
+    save_directions(found, args.out, info)
+    counts: dict[str, int] = {}
+    for d in found:
+        counts[d.detector] = counts.get(d.detector, 0) + 1
+    print(
+        f"{args.family}/{args.size}/step{args.step}/{args.layer}: {len(found)} directions "
+        f"{counts} in {time.perf_counter() - started:.1f} s"
+    )
+    return 0
+
+
+def measure_cell(model, inputs, directions, fam, radii, *, device, dtype, seed=0):
+    """Read every direction of one cell on ``device`` (``dd.read_on_device``).
+
+    ``dtype=None`` lets the device choose (float32 with a float64 spot check on CUDA,
+    float64 on CPU). Returns ``(reads, spot check or None, device name, dtype name)``.
+    """
+    import dead_directions as dd
+
+    if not directions:
+        name = "float64" if dtype is None else str(dtype).replace("torch.", "")
+        return [], None, str(device), name
+    model = model.to(device=device)
+    return dd.read_on_device(
+        model,
+        inputs,
+        directions,
+        device=device,
+        dtype=dtype,
+        likelihood=fam.likelihood,
+        output=fam.output,
+        radii=radii,
+        seed=seed,
+    )
+
+
+def cmd_measure(args) -> int:
+    """Read one cell's directions at its checkpoint and write its chunks and marker."""
+    started = time.perf_counter()
+    _threads(args.threads)
+    key = store.CellKey(args.family, args.size, int(args.step), args.layer)
+    fam = family(args.family)
+    lay = store.layout(args.store)
+    model, _ = load_model(args.checkpoint, args.family, args.size)
+    inputs, digest = load_probe(args.probe)
+    directions = load_directions(args.directions)
+    device = resolve_device(args.device)
+    dtype = _torch_dtype(args.dtype)
+    reads, check, device_name, dtype_name = measure_cell(
+        model, inputs, directions, fam, lay.radii, device=device, dtype=dtype, seed=args.seed
+    )
+    prov = store.Provenance.collect(
+        device=device_name,
+        dtype=dtype_name,
+        spot_check=check,
+        seed=args.seed,
+        probe_hash=digest,
+        checkpoint=str(args.checkpoint),
+        checkpoint_hash=store.file_hash(args.checkpoint),
+        wall_seconds=time.perf_counter() - started,
+    )
+    index = store.write_cell(args.store, key, reads, prov)
+    kinds: dict[str, int] = {}
+    for r in reads:
+        kinds[r.kind] = kinds.get(r.kind, 0) + 1
+    print(
+        f"{key}: {len(reads)} reads {kinds} on {device_name} ({dtype_name}) in "
+        f"{time.perf_counter() - started:.1f} s -> {args.store} cell {index}"
+    )
+    return 0
+
+
+def _radii(args) -> np.ndarray | None:
+    if args.radii:
+        return np.asarray(args.radii, dtype=float)
+    if args.n_radii:
+        return np.logspace(np.log10(args.r_min), np.log10(args.r_max), args.n_radii)
+    return None
+
+
+def cmd_init_store(args) -> int:
+    """Create the store (or check an existing one's layout) and write a marker file."""
+    lay = store.init(args.store, max_directions=args.max_directions, radii=_radii(args))
+    if args.marker:
+        marker = Path(args.marker)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(
+            json.dumps(
+                {"store": str(args.store), "max_directions": lay.max_directions, "radii": lay.radii}
+            )
+            + "\n"
+        )
+    print(f"store {args.store}: max_directions {lay.max_directions}, {len(lay.radii)} radii")
+    return 0
+
+
+def _dask_spec(text: str):
+    """``--dask``: a JSON mapping (``ClusterSpec`` fields), a kind, or an address."""
+    text = (text or "").strip()
+    if text.startswith("{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--dask: not valid JSON ({err}).") from None
+    return text or None
+
+
+def cmd_aggregate(args) -> int:
+    """Summarise the completed cells of the store with dask; write the tidy CSV."""
+    from .aggregate import aggregate
+
+    started = time.perf_counter()
+    frame = aggregate(args.store, _dask_spec(args.dask))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out, index=False)
+    cells = int((frame["layer"] != "all").sum()) if len(frame) else 0
+    print(f"{cells} cells aggregated in {time.perf_counter() - started:.1f} s -> {out}")
+    return 0
+
+
+def _summary(path):
+    import pandas as pd
+
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"summary {path} does not exist; run `dead-directions aggregate`.")
+    return pd.read_csv(path, dtype={"family": str, "size": str, "layer": str})
+
+
+def cmd_tables(args) -> int:
+    """Write step × size tables (CSV and Markdown) for the given families."""
+    from .aggregate import write_tables
+
+    frame = _summary(args.summary)
+    if args.family:
+        frame = frame[frame["family"].isin(args.family)]
+    written = write_tables(frame, args.out_dir)
+    print(f"{len(written)} tables under {args.out_dir}")
+    return 0
+
+
+def cmd_figures(args) -> int:
+    """Draw one family's figures (order heatmap, counts and λ, rate curves)."""
+    from .report import figures
+
+    frame = _summary(args.summary)
+    checkpoint = None
+    if args.checkpoint:
+        size, _, step = args.checkpoint.rpartition(":")
+        checkpoint = (size, int(step))
+    paths = figures(frame, args.store, args.family, args.out_dir, checkpoint)
+    print("\n".join(map(str, paths)))
+    return 0
+
+
+def cmd_report(args) -> int:
+    """Write the report (Markdown and HTML) from the summary and the figures."""
+    from .report import write_report
+
+    frame = _summary(args.summary)
+    dirs = dict(item.split("=", 1) for item in args.figures or [])
+    paths = write_report(frame, dirs, args.out, store_path=args.store or "")
+    print("\n".join(map(str, paths)))
+    return 0
+
+
+def cmd_read(args) -> int:
+    """Detect and read the directions of one checkpoint; print a table; optionally store."""
+    from tabulate import tabulate
+
+    from . import detectors
+    from .cli import _fmt
+
+    started = time.perf_counter()
+    _threads(args.threads)
+    fam = family(args.family)
+    model, meta = load_model(args.checkpoint, args.family, args.size)
+    size = args.size or str(meta.get("size", "")) or "default"
+    step = args.step if args.step is not None else int(meta.get("step", 0) or 0)
+    inputs = fam.probe(n=args.probe_n, seed=args.seed)
+    layers = args.layers or [sweep_layer(n) for n in detectors.layers(model)]
+    device, dtype = resolve_device(args.device), _torch_dtype(args.dtype)
+    radii, limit = None, None
+    if args.store:
+        lay = (
+            store.layout(args.store)
+            if _has_store(args.store)
+            else store.init(args.store, max_directions=args.max_directions)
+        )
+        radii, limit = lay.radii, lay.max_directions
+    rows, per_layer = [], {}
+    for layer in layers:
+        found, _ = detect_cell(
+            model,
+            inputs,
+            fam,
+            layer,
+            detectors=args.detectors or None,
+            max_per_layer=args.max_per_layer,
+            limit=limit,
+            seed=args.seed,
+        )
+        reads, check, device_name, dtype_name = measure_cell(
+            model, inputs, found, fam, radii, device=device, dtype=dtype, seed=args.seed
+        )
+        per_layer[layer] = (reads, check, device_name, dtype_name)
+        for r in reads:
+            rows.append(
+                [
+                    layer,
+                    r.name,
+                    r.kind,
+                    _fmt(r.order),
+                    r.predicted_kind or "—",
+                    _fmt(r.predicted_order, 0),
+                    _fmt(r.lam),
+                    _fmt(r.correctability),
+                    f"{r.magnitude:.1e}",
+                ]
+            )
+    headers = ["layer", "direction", "kind", "k̂", "pred kind", "pred k", "λ", "ρ", "g/g_ref"]
+    print(tabulate(rows, headers=headers, tablefmt=args.format))
+    seconds = time.perf_counter() - started
+    print(f"\n{len(rows)} directions in {len(layers)} layers read in {seconds:.1f} s.")
+    if args.store:
+        for layer, (reads, check, device_name, dtype_name) in per_layer.items():
+            prov = store.Provenance.collect(
+                device=device_name,
+                dtype=dtype_name,
+                spot_check=check,
+                seed=args.seed,
+                probe_hash=probe_hash(inputs),
+                checkpoint=str(args.checkpoint),
+                checkpoint_hash=store.file_hash(args.checkpoint),
+                wall_seconds=seconds / max(1, len(layers)),
+            )
+            store.write_cell(args.store, store.CellKey(args.family, size, step, layer), reads, prov)
+        print(f"written to {args.store} ({len(per_layer)} cells).")
+    return 0
+
+
+def _has_store(path) -> bool:
+    return (Path(path) / "zarr.json").exists()
+
+
+def _cell_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--family", required=True)
+    p.add_argument("--size", required=True)
+    p.add_argument("--step", required=True, type=int)
+    p.add_argument("--layer", required=True)
+    p.add_argument("--checkpoint", required=True, help="checkpoint file")
+    p.add_argument("--probe", required=True, help="probe data (from `dead-directions probe`)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("checkpoints", help="train (or register) one family size's checkpoints")
+    p.add_argument("--family", required=True)
+    p.add_argument("--size", required=True)
+    p.add_argument("--root", required=True, help="checkpoint root ({root}/{family}/{size}/…)")
+    p.add_argument("--save", type=int, nargs="*", default=None, help="steps to save")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tiny", action="store_true", help="the zoo's tiny recipe")
+    p.add_argument("--external", nargs="*", default=None, help="STEP=PATH checkpoints to use")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--manifest", required=True, help="manifest JSON to write")
+    p.set_defaults(func=cmd_checkpoints)
+
+    p = sub.add_parser("probe", help="save a family's probe inputs")
+    p.add_argument("--family", required=True)
+    p.add_argument("--n", type=int, default=None, help="probe inputs (family default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("layers", help="list the layers a sweep fans out over (JSON)")
+    p.add_argument("--family", required=True)
+    p.add_argument("--size", required=True)
+    p.add_argument("--checkpoint", default=None, help="read the model from this checkpoint")
+    p.add_argument("--only", nargs="*", default=None, help="keep only these layers")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_layers)
+
+    p = sub.add_parser("detect", help="run the detectors on one layer of one checkpoint")
+    _cell_args(p)
+    p.add_argument("--detectors", nargs="*", default=None, help="detector names (default all)")
+    p.add_argument("--max-per-layer", type=int, default=None)
+    p.add_argument("--store", default=None, help="cap at this store's max_directions")
+    p.add_argument("--limit", type=int, default=None, help="cap without a store")
+    p.add_argument("--out", required=True, help="directions file (.safetensors)")
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("measure", help="read one cell and write it to the store")
+    _cell_args(p)
+    p.add_argument("--directions", required=True, help="from `dead-directions detect`")
+    p.add_argument("--store", required=True)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:0…")
+    p.add_argument(
+        "--dtype", default="auto", choices=DTYPES, help="auto: float32 on CUDA, else float64"
+    )
+    p.set_defaults(func=cmd_measure)
+
+    p = sub.add_parser("init-store", help="create the Fisher-rate store (never truncates)")
+    p.add_argument("--store", required=True)
+    p.add_argument("--max-directions", type=int, default=store.DEFAULT_MAX_DIRECTIONS)
+    p.add_argument("--n-radii", type=int, default=None, help="log-spaced radii (default 25)")
+    p.add_argument("--r-min", type=float, default=1e-4)
+    p.add_argument("--r-max", type=float, default=1.0)
+    p.add_argument("--radii", type=float, nargs="*", default=None, help="explicit radii")
+    p.add_argument("--marker", default=None, help="write this marker file when done")
+    p.set_defaults(func=cmd_init_store)
+
+    p = sub.add_parser("aggregate", help="summarise the store with dask (tidy CSV)")
+    p.add_argument("--store", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument(
+        "--dask",
+        default="local",
+        help="local (LocalCluster), threads, synchronous, tcp://address, slurm, or a JSON "
+        "mapping of dead_directions.cluster.ClusterSpec fields",
+    )
+    p.set_defaults(func=cmd_aggregate)
+
+    p = sub.add_parser("tables", help="step × size tables (CSV, Markdown)")
+    p.add_argument("--summary", required=True, help="CSV from `dead-directions aggregate`")
+    p.add_argument("--family", nargs="*", default=None)
+    p.add_argument("--out-dir", required=True)
+    p.set_defaults(func=cmd_tables)
+
+    p = sub.add_parser("figures", help="one family's figures (PNG)")
+    p.add_argument("--summary", required=True)
+    p.add_argument("--store", required=True)
+    p.add_argument("--family", required=True)
+    p.add_argument("--checkpoint", default=None, help="SIZE:STEP for the rate curves")
+    p.add_argument("--out-dir", required=True)
+    p.set_defaults(func=cmd_figures)
+
+    p = sub.add_parser("report", help="the sweep report (Markdown + HTML)")
+    p.add_argument("--summary", required=True)
+    p.add_argument("--figures", nargs="*", default=None, help="FAMILY=DIR of its figures")
+    p.add_argument("--store", default=None)
+    p.add_argument("--out", required=True, help="report .md (an .html twin is written)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("read", help="detect and read one checkpoint; print a table")
+    p.add_argument("checkpoint")
+    p.add_argument("--family", required=True)
+    p.add_argument("--size", default=None, help="default: from the checkpoint's sidecar")
+    p.add_argument("--step", type=int, default=None, help="default: from the sidecar")
+    p.add_argument("--layers", nargs="*", default=None, help="default: all sweep layers")
+    p.add_argument("--detectors", nargs="*", default=None)
+    p.add_argument("--max-per-layer", type=int, default=None)
+    p.add_argument("--probe-n", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=DTYPES)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--store", default=None, help="also write the cells to this store")
+    p.add_argument("--max-directions", type=int, default=store.DEFAULT_MAX_DIRECTIONS)
+    p.add_argument("--format", default="github")
+    p.set_defaults(func=cmd_read)

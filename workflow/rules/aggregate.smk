@@ -1,0 +1,47 @@
+# Aggregate the store with dask, then tables across training time (rows) and scale (columns).
+
+
+rule aggregate:
+    input:
+        markers,
+    output:
+        f"{RESULTS}/summary/cells.csv",
+    log:
+        "logs/aggregate.log",
+    benchmark:
+        "benchmarks/out/aggregate.tsv"
+    conda:
+        "../envs/dead-directions.yaml"
+    threads: config["dask"]["n_workers"]
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    params:
+        store=STORE,
+        dask=dask_args,
+    shell:
+        "dead-directions aggregate --store {params.store} {params.dask} "
+        "--out {output} > {log} 2>&1"
+
+
+rule tables:
+    input:
+        f"{RESULTS}/summary/cells.csv",
+    output:
+        markdown=f"{RESULTS}/tables/{{family}}.md",
+        csv=expand(f"{RESULTS}/tables/{{{{family}}}}/{{metric}}.csv", metric=METRICS),
+    log:
+        "logs/tables/{family}.log",
+    benchmark:
+        "benchmarks/out/tables/{family}.tsv"
+    conda:
+        "../envs/dead-directions.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        out_dir=lambda w, output: str(Path(output.markdown).parent),
+    shell:
+        "dead-directions tables --summary {input} --family {wildcards.family} "
+        "--out-dir {params.out_dir} > {log} 2>&1"

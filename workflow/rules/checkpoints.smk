@@ -1,0 +1,24 @@
+# Checkpoints: train a zoo family at one size (saving the configured steps), or register
+# checkpoints the user brings; either way a manifest per (family, size).
+
+
+rule train:
+    output:
+        f"{RESULTS}/checkpoints/{{family}}/{{size}}/manifest.json",
+    log:
+        "logs/train/{family}/{size}.log",
+    benchmark:
+        "benchmarks/out/train/{family}/{size}.tsv"
+    conda:
+        "../envs/dead-directions.yaml"
+    threads: config["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    params:
+        root=root_of,
+        schedule=train_args,
+    shell:
+        "dead-directions checkpoints --family {wildcards.family} --size {wildcards.size} "
+        "{params.schedule} --root {params.root} --threads {threads} "
+        "--manifest {output} > {log} 2>&1"

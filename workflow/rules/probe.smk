@@ -1,0 +1,42 @@
+# Probe data per family, and the layers each (family, size) fans out over.
+
+
+rule probe:
+    output:
+        f"{RESULTS}/probe/{{family}}.safetensors",
+    log:
+        "logs/probe/{family}.log",
+    benchmark:
+        "benchmarks/out/probe/{family}.tsv"
+    conda:
+        "../envs/dead-directions.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        n=probe_args,
+        seed=config["seed"],
+    shell:
+        "dead-directions probe --family {wildcards.family} {params.n} --seed {params.seed} "
+        "--out {output} > {log} 2>&1"
+
+
+checkpoint layers:
+    output:
+        f"{RESULTS}/layers/{{family}}/{{size}}.json",
+    log:
+        "logs/layers/{family}/{size}.log",
+    benchmark:
+        "benchmarks/out/layers/{family}/{size}.tsv"
+    conda:
+        "../envs/dead-directions.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        only=layer_args,
+    shell:
+        "dead-directions layers --family {wildcards.family} --size {wildcards.size} "
+        "{params.only} --threads {threads} --out {output} > {log} 2>&1"

@@ -1,0 +1,73 @@
+# Figures per family (wrapped for `snakemake --report`), and the sweep report.
+
+
+rule figures:
+    input:
+        summary=f"{RESULTS}/summary/cells.csv",
+    output:
+        heatmap=report(
+            f"{RESULTS}/figures/{{family}}/order_heatmap.png",
+            caption="../report/order_heatmap.rst",
+            category="Figures",
+            subcategory="{family}",
+        ),
+        counts=report(
+            f"{RESULTS}/figures/{{family}}/counts_lambda.png",
+            caption="../report/counts_lambda.rst",
+            category="Figures",
+            subcategory="{family}",
+        ),
+        curves=report(
+            f"{RESULTS}/figures/{{family}}/rate_curves.png",
+            caption="../report/rate_curves.rst",
+            category="Figures",
+            subcategory="{family}",
+        ),
+    log:
+        "logs/figures/{family}.log",
+    benchmark:
+        "benchmarks/out/figures/{family}.tsv"
+    conda:
+        "../envs/dead-directions.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        store=STORE,
+        checkpoint=rate_curves_args,
+        out_dir=f"{RESULTS}/figures/{{family}}",
+    shell:
+        "dead-directions figures --summary {input.summary} --store {params.store} "
+        "--family {wildcards.family} {params.checkpoint} --out-dir {params.out_dir} "
+        "> {log} 2>&1"
+
+
+rule report:
+    input:
+        summary=f"{RESULTS}/summary/cells.csv",
+        tables=all_tables,
+        figures=all_figures,
+    output:
+        markdown=f"{RESULTS}/report.md",
+        html=report(
+            f"{RESULTS}/report.html",
+            caption="../report/report.rst",
+            category="Report",
+        ),
+    log:
+        "logs/report.log",
+    benchmark:
+        "benchmarks/out/report.tsv"
+    conda:
+        "../envs/dead-directions.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        figures=figure_args,
+        store=STORE,
+    shell:
+        "dead-directions report --summary {input.summary} --figures {params.figures} "
+        "--store {params.store} --out {output.markdown} > {log} 2>&1"
