@@ -1,0 +1,385 @@
+"""The sweep on a live single-node SLURM (scripts/local-slurm.sh), and dask on SLURM workers.
+
+The module fixture starts the local SLURM (installing Debian's slurm-wlm and munge where
+missing). Where it cannot (not root, no apt-get), the tests skip and say why; with CI set
+they fail instead, so CI never passes without having run them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "local-slurm.sh"
+PROFILE = ROOT / "workflow" / "profiles" / "slurm"
+LOCAL_PROFILE = ROOT / "workflow" / "profiles" / "default"
+TINY = ROOT / "config" / "tiny.yaml"
+BIN = Path(sys.executable).parent
+STATE = Path(os.environ.get("LOCAL_SLURM_DIR", "/tmp/dead-directions-slurm"))
+CANNOT = 3  # local-slurm.sh: cannot run on this machine (not root, no apt-get, install failed)
+# Per-run provenance that legitimately differs between two runs of the same sweep.
+VOLATILE = {"seconds", "wall_seconds", "written_at", "host", "checkpoint"}
+
+
+def _cannot(reason: str):
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must run the SLURM tests, but the local SLURM cannot start: {reason}")
+    pytest.skip(f"local SLURM cannot start here: {reason}")
+
+
+def _script(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LOCAL_SLURM_DIR": str(STATE)}
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+@contextlib.contextmanager
+def _holders_lock():
+    STATE.mkdir(parents=True, exist_ok=True)
+    with open(STATE / "test-holders.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield STATE / "test-holders"
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    """The local SLURM, shared by every test process that holds it; stopped by the last.
+
+    Several pytest workers (and sessions) may use it at once: each registers a holder file
+    named by its pid; the last holder out stops SLURM if a test started it (a SLURM that was
+    already running, e.g. for a demo, is left running).
+    """
+    if os.name != "posix" or os.geteuid() != 0:
+        _cannot("the tests need root (slurmd launches job steps; apt-get installs SLURM)")
+    if shutil.which("slurmctld") is None and shutil.which("apt-get") is None:
+        _cannot("SLURM is not installed and there is no apt-get to install it")
+    me = str(os.getpid())
+    with _holders_lock() as holders:
+        holders.mkdir(exist_ok=True)
+        was_running = _script("status").returncode == 0
+        t0 = time.monotonic()
+        started = _script("start")
+        if started.returncode == CANNOT:
+            _cannot(started.stderr.strip().splitlines()[-1])
+        assert started.returncode == 0, f"local-slurm.sh start failed:\n{started.stderr}"
+        if not was_running:
+            (STATE / "test-started").write_text(f"{time.monotonic() - t0:.1f} s\n")
+        (holders / me).touch()
+    conf = str(STATE / "slurm.conf")
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = conf
+    try:
+        yield {"conf": conf, "start_log": started.stderr}
+    finally:
+        if old is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = old
+        with _holders_lock() as holders:
+            (holders / me).unlink(missing_ok=True)
+            others = [p for p in holders.iterdir() if p.name.isdigit() and _alive(int(p.name))]
+            if not others and (STATE / "test-started").exists():
+                stopped = _script("stop")
+                (STATE / "test-started").unlink(missing_ok=True)
+                assert stopped.returncode == 0, stopped.stderr
+
+
+def _squeue(*args: str) -> list[list[str]]:
+    out = subprocess.run(["squeue", "-h", *args], capture_output=True, text=True, check=True).stdout
+    return [line.split("|") for line in out.splitlines() if line.strip()]
+
+
+def test_local_slurm_runs_batch_jobs_and_job_steps(slurm, tmp_path):
+    # Idempotent: a second start finds it running and returns at once.
+    t0 = time.monotonic()
+    again = _script("start")
+    assert again.returncode == 0 and "already running" in again.stderr, again.stderr
+    assert time.monotonic() - t0 < 10
+    assert _script("status").returncode == 0
+    out = tmp_path / "job.out"
+    # The inner srun runs without SLURM_CONF, as Snakemake's job steps do.
+    done = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "--wait",
+            "--time=2",
+            "--mem=100",
+            f"--output={out}",
+            "--wrap",
+            "echo job=$SLURM_JOB_ID; env -u SLURM_CONF srun --ntasks=1 hostname",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.strip().split(";")[0]
+    text = out.read_text()
+    host = subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
+    assert f"job={job_id}" in text and host in text.splitlines(), text
+    # squeue keeps finished jobs (MinJobAge): Snakemake's squeue status checks rely on it.
+    states = dict(_squeue("--states=all", "-o", "%i|%T"))
+    assert states.get(job_id) == "COMPLETED", states
+
+
+def test_dask_sum_on_slurm_workers(slurm, tmp_path):
+    import dask.array as da
+
+    from dead_directions.cluster import make_client
+
+    spec = {
+        "kind": "slurm",
+        "n_workers": 2,
+        "cores": 1,
+        "memory": "1GB",
+        "walltime": "00:10:00",
+        "log_directory": str(tmp_path / "logs"),
+        "wait": 2,
+        "timeout": 120,
+    }
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal((400, 300))
+    with make_client(spec) as client:
+        jobs = client.run(lambda: os.environ.get("SLURM_JOB_ID"))
+        assert len(jobs) == 2 and all(jobs.values()), jobs
+        running = {row[0] for row in _squeue("-t", "R", "-o", "%i|%j")}
+        assert set(jobs.values()) <= running, (jobs, running)
+        x = da.from_array(values, chunks=(100, 100))
+        total, column_means = client.compute([x.sum(), x.mean(axis=0)], sync=True)
+        assert int(client.compute(da.arange(1_000_000, chunks=100_000).sum(), sync=True)) == (
+            999_999 * 1_000_000 // 2
+        )
+    np.testing.assert_allclose(total, values.sum(), rtol=1e-12)
+    np.testing.assert_allclose(column_means, values.mean(axis=0), rtol=1e-12)
+    # Closing the client stops the workers: their SLURM jobs end.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        live = {row[0] for row in _squeue("-t", "PD,R,CG", "-o", "%i|%T")}
+        if not live & set(jobs.values()):
+            break
+        time.sleep(1)
+    assert not live & set(jobs.values()), live
+
+
+# --------------------------------------------------------------------------------------
+# The tiny sweep on SLURM
+# --------------------------------------------------------------------------------------
+
+
+def fit_profile(src: Path, dst: Path, cpus: int, mem_mb: int = 3000) -> dict:
+    """The SLURM profile fitted to a small node: partitions and account left to the default,
+    no GPUs, CPUs and memory capped. Everything else (runtimes, groups, retries...) as is."""
+
+    def fit(resources):
+        if isinstance(resources, list):  # ["name=value", ...]
+            resources = dict(item.split("=", 1) for item in resources)
+        out = {}
+        for name, value in (resources or {}).items():
+            if name in {"slurm_partition", "slurm_account", "gpu_model", "gres"}:
+                continue
+            if name == "gpu":
+                value = 0
+            elif name in {"cpus_per_task", "cpus_per_gpu"}:
+                value = min(int(value), cpus)
+            elif name == "mem_mb":
+                value = min(int(value), mem_mb)
+            out[name] = value
+        return out
+
+    config = yaml.safe_load((src / "config.yaml").read_text())
+    if "default-resources" in config:
+        config["default-resources"] = fit(config["default-resources"])
+    config["set-resources"] = {
+        rule: fit(values) for rule, values in (config.get("set-resources") or {}).items()
+    }
+    config["set-threads"] = {
+        rule: min(int(n), cpus) for rule, n in (config.get("set-threads") or {}).items()
+    }
+    # `cores` bounds the threads of one job and the width of a group job.
+    config["cores"] = min(int(config.get("cores", cpus)), cpus)
+    dst.mkdir(parents=True, exist_ok=True)
+    (dst / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return config
+
+
+def _workdir(path: Path) -> Path:
+    """A run directory that sees the repository's workflow and configs."""
+    path.mkdir(parents=True, exist_ok=True)
+    for name in ("Snakefile", "workflow", "config"):
+        (path / name).symlink_to(ROOT / name)
+    return path
+
+
+def _env() -> dict:
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def _snakemake(*args: str) -> list[str]:
+    return [
+        str(BIN / "snakemake"),
+        "--configfile",
+        str(TINY),
+        "--nocolor",
+        *args,
+    ]
+
+
+def _store_dataset(path: Path):
+    from dead_directions import store
+
+    ds = store.open(path, chunks=None).load()
+    return ds.drop_vars([n for n in ds.data_vars if n in VOLATILE])
+
+
+def _tables(results: Path) -> dict[str, bytes]:
+    root = results / "tables"
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def _running_measure_jobs(workdir: Path) -> list[str]:
+    """SLURM jobs of `measure` running from ``workdir``."""
+    rows = _squeue("-t", "R", "-o", "%i|%k|%Z")
+    return [job for job, comment, wd in rows if "measure" in comment and wd == str(workdir)]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (TINY.exists() and (PROFILE / "config.yaml").exists()),
+    reason="the workflow (config/tiny.yaml, workflow/profiles/slurm) has not landed yet",
+)
+def test_tiny_sweep_on_slurm_equals_local_and_survives_scancel(slurm, tmp_path):
+    import xarray as xr
+
+    cpus = os.cpu_count() or 2
+    profile = tmp_path / "profile"
+    fit_profile(PROFILE, profile, cpus)
+    local = _workdir(tmp_path / "local")
+    remote = _workdir(tmp_path / "slurm")
+    slurm_args = _snakemake(
+        "--workflow-profile",
+        str(profile),
+        "--slurm-status-command",
+        "squeue",  # no accounting here: sacct has nothing to say
+        "--slurm-init-seconds-before-status-checks",
+        "2",
+        "--jobs",
+        str(2 * cpus),
+        "--retries",
+        "0",  # a cancelled job must fail this run, not be resubmitted
+    )
+    # The reference: the same sweep run locally, alongside (SLURM spends most time waiting).
+    reference = subprocess.Popen(
+        _snakemake("--workflow-profile", str(LOCAL_PROFILE), "--cores", "1"),
+        cwd=local,
+        env=_env(),
+        stdout=(tmp_path / "local.log").open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    first_log = tmp_path / "slurm-1.log"
+    first = subprocess.Popen(
+        slurm_args,
+        cwd=remote,
+        env=_env(),
+        stdout=first_log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    # Cancel one measure job while it runs.
+    cancelled = None
+    deadline = time.monotonic() + 240
+    while cancelled is None and first.poll() is None and time.monotonic() < deadline:
+        running = _running_measure_jobs(remote)
+        if running:
+            time.sleep(4)  # inside the job: snakemake, srun and the measure command starting
+            subprocess.run(["scancel", running[0]], check=True)
+            cancelled = running[0]
+        time.sleep(0.5)
+    first_rc = first.wait(timeout=300)
+    log = first_log.read_text()
+    assert cancelled is not None, f"no measure job seen running; log:\n{log[-3000:]}"
+    assert first_rc != 0, f"the run with a cancelled job should fail; log:\n{log[-3000:]}"
+    assert f"SLURM-job '{cancelled}' failed" in log, log[-3000:]
+
+    rerun_log = tmp_path / "slurm-2.log"
+    rerun = subprocess.run(
+        slurm_args, cwd=remote, env=_env(), stdout=rerun_log.open("w"), stderr=subprocess.STDOUT
+    )
+    assert rerun.returncode == 0, rerun_log.read_text()[-5000:]
+    assert reference.wait(timeout=300) == 0, (tmp_path / "local.log").read_text()[-5000:]
+
+    config = yaml.safe_load(TINY.read_text())
+    results = config["results"]
+    store_path = config.get("store") or f"{results}/store.zarr"
+    xr.testing.assert_identical(
+        _store_dataset(remote / store_path), _store_dataset(local / store_path)
+    )
+    tables = _tables(remote / results)
+    assert tables and tables == _tables(local / results)
+
+    # Aggregate once more, through dask-jobqueue workers on SLURM, chosen by config.
+    worker_logs = tmp_path / "dask-logs"
+    dask = {
+        "scheduler": "jobqueue",
+        "workers": 2,
+        "jobqueue": {
+            "cores": 1,
+            "memory": "1GB",
+            "walltime": "00:10:00",
+            "jobs": 2,
+            "log_directory": str(worker_logs),
+        },
+    }
+    shutil.rmtree(remote / results / "tables")
+    again = subprocess.run(
+        _snakemake(
+            "--workflow-profile",
+            str(LOCAL_PROFILE),
+            "--cores",
+            "1",
+            "--forcerun",
+            "aggregate",
+            "--config",
+            f"dask={json.dumps(dask)}",
+        ),
+        cwd=remote,
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert again.returncode == 0, again.stdout[-5000:] + again.stderr[-5000:]
+    assert list(worker_logs.glob("*.err")), "no dask worker ran as a SLURM job"
+    assert _tables(remote / results) == tables
