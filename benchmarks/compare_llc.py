@@ -1,7 +1,7 @@
 """Closed-form vs assembled (from reads) vs devinterp's SGLD LLC on the assembly cells.
 
 Runs ``dead-directions compare-llc`` and writes the table, with the machine it ran on, to
-``benchmarks/results/compare_llc.md``. devinterp is an optional benchmark dependency:
+``docs/compare_llc.md``. devinterp is an optional benchmark dependency:
 
     .venv/bin/pip install --no-deps devinterp==2.0.1 && .venv/bin/pip install datasets
 
@@ -18,5 +18,5 @@ from pathlib import Path
 from dead_directions.cli import main
 
 if __name__ == "__main__":
-    out = Path(__file__).parent / "results" / "compare_llc.md"
+    out = Path(__file__).resolve().parent.parent / "docs" / "compare_llc.md"
     sys.exit(main(["compare-llc", "--out", str(out), *sys.argv[1:]]))
