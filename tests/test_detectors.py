@@ -339,3 +339,27 @@ def test_predictions_are_never_contradicted_on_the_test_models():
             total += 1
             assert r.matches_prediction, (r.name, r.kind, r.order, r.predicted_kind)
     assert total >= 15
+
+
+# -- recovery on the tiny zoo ---------------------------------------------------------------
+def test_recovery_rate_on_the_tiny_zoo(tmp_path, capsys):
+    pytest.importorskip("dead_directions.zoo")
+    from dead_directions.cli import main
+    from dead_directions.detectors.recovery import rates, zoo_recovery
+
+    outcomes = zoo_recovery(
+        tmp_path,
+        families=["mlp-z2", "cnn", "transformer"],
+        sizes=["h4", "c4", "d32"],
+        train=True,
+        tiny=True,
+        probe=32,
+        max_per_layer=1,
+    )
+    table = rates(outcomes)
+    ok, n = table["all"]
+    assert n >= 8 and ok / n >= 0.95, [o for o in outcomes if not o.matched]
+    assert {"layernorm_kernel", "softmax_shift", "attention_qk", "relu_rescale"} <= set(table)
+    code = main(["recovery", "--root", str(tmp_path), "--family", "mlp-z2", "--probe", "32"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "relu_rescale" in printed and "rate" in printed

@@ -11,6 +11,7 @@ import time
 # Subcommands live beside the concept they expose: each module named here defines
 # ``add_parser(subparsers)`` which registers its command and sets ``func``.
 COMMAND_MODULES = ["dead_directions.cli", "dead_directions.llc_compare", "dead_directions.sweep"]
+COMMAND_MODULES += ["dead_directions.detectors.recovery"]  # detector recovery rates
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:
