@@ -1,6 +1,6 @@
 """dead-directions: read singular structure at frozen checkpoints of neural networks."""
 
-from . import cells
+from . import cells, checkpoints, zoo
 from .assembly import (
     Assembly,
     Locus,
@@ -36,6 +36,8 @@ __all__ = [
     "Read",
     "ReadOptions",
     "cells",
+    "checkpoints",
+    "zoo",
     "detect",
     "detectors",
     "get_likelihood",
