@@ -32,7 +32,7 @@ def _rows_in(module: nn.Module, a: torch.Tensor) -> torch.Tensor:
         )  # (B, C·kh·kw, L)
         rows = cols.movedim(1, -1).reshape(-1, cols.shape[1])
     if module.bias is not None:
-        rows = torch.cat([rows, torch.ones(rows.shape[0], 1, dtype=rows.dtype)], dim=1)
+        rows = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
     return rows
 
 
@@ -43,21 +43,24 @@ def _rows_out(module: nn.Module, g: torch.Tensor) -> torch.Tensor:
 
 
 def factors(ctx, layers: list[str]) -> dict[str, dict]:
-    """Accumulate K-FAC factors of ``layers`` over all probe batches in one pass each.
+    """Accumulate K-FAC factors of ``layers`` over all probe batches, one pass per batch.
 
     A = mean over positions of [a, 1][a, 1]ᵀ (input activations, bias-augmented).
-    G = mean over samples of Σ_positions Σ_o g_o g_oᵀ, with g_o = ∂(M f)_o/∂s the
-    gradient of the o-th whitened output coordinate w.r.t. the layer's pre-activations
-    s (M the likelihood's square root metric at the model's own predictions, so G is
-    the exact Fisher's factor, not a label-sampled one). Exact over output coordinates
-    when a sample has at most ``exact_outputs`` (16) of them; otherwise ``samples`` (16)
-    Gaussian cotangents ξ, E_ξ[(Mᵀξ)ᵀ J ...] giving the same expectation.
+    G = mean over samples of Σ_positions Σ_o g_o g_oᵀ, with g_o = ∂(M f)_o/∂s the gradient
+    of the o-th whitened output coordinate w.r.t. the layer's pre-activations s (M the
+    likelihood's square root metric at the model's own predictions: the exact Fisher's
+    factor, not a label-sampled one). Exact (one backward pass per output coordinate)
+    when a sample has at most ``exact_outputs`` (16) output coordinates; otherwise
+    ``samples`` (16) Gaussian cotangents ξ, since E_ξ[g_ξ g_ξᵀ] = Σ_o g_o g_oᵀ for
+    g_ξ = Σ_o ξ_o g_o. The layers' outputs get a zero leaf added, so one backward pass
+    gives every layer's g at once.
     """
     exact_max = int(ctx.option("kfac", "exact_outputs", 16))
     n_mc = int(ctx.option("kfac", "samples", 16))
     gen = ctx.generator("kfac", "cotangents")
     acc = {layer: {"A": None, "G": None, "rows": 0, "samples": 0} for layer in layers}
     products = 0
+    mode = "exact"
     name_of = {id(ctx.modules[layer]): layer for layer in layers}
     for args, kwargs in ctx.batches:
         records: list[tuple[str, torch.Tensor, torch.Tensor]] = []
@@ -87,13 +90,16 @@ def factors(ctx, layers: list[str]) -> dict[str, dict]:
         if per_sample <= exact_max:
             xis = []
             for c in range(per_sample):
-                xi = torch.zeros(n_samples, per_sample, dtype=y.dtype)
+                xi = y0.new_zeros(n_samples, per_sample)
                 xi[:, c] = 1.0
                 xis.append(xi.reshape(y.shape))
             weight = 1.0
         else:
-            xis = [torch.randn(y.shape, generator=gen, dtype=y.dtype) for _ in range(n_mc)]
+            xis = [
+                torch.randn(y.shape, generator=gen, dtype=y.dtype).to(y.device) for _ in range(n_mc)
+            ]
             weight = 1.0 / n_mc
+            mode = "sampled"
         for layer, a, _ in records:
             rows = _rows_in(ctx.modules[layer], a)
             if rows is None:
@@ -125,7 +131,7 @@ def factors(ctx, layers: list[str]) -> dict[str, dict]:
             "G": st["G"] / max(st["samples"], 1),
             "rows": st["rows"],
             "products": products,
-            "mode": "exact" if exact_max >= 1 and weight == 1.0 else "sampled",
+            "mode": mode,
         }
     return out
 
@@ -160,7 +166,9 @@ def kfac(ctx, layer: str):
             planned.append(layer)
         todo = [name for name in planned if name not in cache]
         cache.update(factors(ctx, todo))
-        cache.setdefault("_seconds", {}).update({name: timer.seconds for name in todo})
+        # one shared pass for all planned layers: each layer is charged an equal share
+        share = timer.seconds / max(len(todo), 1)
+        cache.setdefault("_seconds", {}).update({name: share for name in todo})
         for name in todo:
             cache.setdefault(name, None)
     fac = cache.get(layer)

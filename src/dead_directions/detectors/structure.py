@@ -417,6 +417,7 @@ def trace(ctx) -> Structure:
     output_value = tracer.latest.get(id(y))
     names_list = list(params)
     ct = torch.randn(y.shape, generator=torch.Generator().manual_seed(0), dtype=y.dtype)
+    ct = ct.to(y.device)
     grads = (
         torch.autograd.grad(y, [params[k] for k in names_list], ct, allow_unused=True)
         if y.requires_grad
