@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import shutil
 import subprocess
@@ -236,10 +235,11 @@ def fit_profile(src: Path, dst: Path, cpus: int, mem_mb: int = 3000) -> dict:
 
 
 def _workdir(path: Path) -> Path:
-    """A run directory that sees the repository's workflow and configs."""
-    path.mkdir(parents=True, exist_ok=True)
-    for name in ("Snakefile", "workflow", "config"):
+    """A run directory with the repository's workflow and the tiny config as its default."""
+    (path / "config").mkdir(parents=True)
+    for name in ("Snakefile", "workflow"):
         (path / name).symlink_to(ROOT / name)
+    shutil.copy(TINY, path / "config" / "config.yaml")
     return path
 
 
@@ -247,13 +247,14 @@ def _env() -> dict:
     return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
-def _snakemake(*args: str) -> list[str]:
+def _snakemake(*args: str, configs: tuple[Path, ...] = ()) -> list[str]:
     return [
         str(BIN / "snakemake"),
-        "--configfile",
-        str(TINY),
         "--nocolor",
         *args,
+        "--configfile",
+        str(TINY),
+        *map(str, configs),
     ]
 
 
@@ -277,103 +278,126 @@ def _running_measure_jobs(workdir: Path) -> list[str]:
     return [job for job, comment, wd in rows if "measure" in comment and wd == str(workdir)]
 
 
+@contextlib.contextmanager
+def _background(args: list[str], cwd: Path, log: Path):
+    """A Snakemake run in the background; stopped (with its SLURM jobs) if left running."""
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(args, cwd=cwd, env=_env(), stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()  # Snakemake cancels its SLURM jobs on SIGTERM
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _tail(path: Path, n: int = 4000) -> str:
+    return path.read_text()[-n:] if path.exists() else f"({path} missing)"
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     not (TINY.exists() and (PROFILE / "config.yaml").exists()),
     reason="the workflow (config/tiny.yaml, workflow/profiles/slurm) has not landed yet",
 )
 def test_tiny_sweep_on_slurm_equals_local_and_survives_scancel(slurm, tmp_path):
+    """The tiny sweep through the SLURM profile: one `measure` job is cancelled mid-run
+    (scancel), a rerun completes it, and the store and tables equal a local run's. Then the
+    tables are aggregated again on dask workers in SLURM jobs (config `dask.kind: slurm`)."""
     import xarray as xr
+
+    from dead_directions import store
 
     cpus = os.cpu_count() or 2
     profile = tmp_path / "profile"
     fit_profile(PROFILE, profile, cpus)
     local = _workdir(tmp_path / "local")
     remote = _workdir(tmp_path / "slurm")
+    config = yaml.safe_load(TINY.read_text())
+    results = config["results"]
+    store_path = config.get("store") or f"{results}/store.zarr"
     slurm_args = _snakemake(
         "--workflow-profile",
         str(profile),
         "--slurm-status-command",
         "squeue",  # no accounting here: sacct has nothing to say
         "--slurm-init-seconds-before-status-checks",
-        "2",
+        "1",
         "--jobs",
         str(2 * cpus),
         "--retries",
-        "0",  # a cancelled job must fail this run, not be resubmitted
+        "0",  # the cancelled job must fail this run, not be resubmitted by it
     )
-    # The reference: the same sweep run locally, alongside (SLURM spends most time waiting).
-    reference = subprocess.Popen(
-        _snakemake("--workflow-profile", str(LOCAL_PROFILE), "--cores", "1"),
-        cwd=local,
-        env=_env(),
-        stdout=(tmp_path / "local.log").open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    first_log = tmp_path / "slurm-1.log"
-    first = subprocess.Popen(
-        slurm_args,
-        cwd=remote,
-        env=_env(),
-        stdout=first_log.open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    # Cancel one measure job while it runs.
-    cancelled = None
-    deadline = time.monotonic() + 240
-    while cancelled is None and first.poll() is None and time.monotonic() < deadline:
-        running = _running_measure_jobs(remote)
-        if running:
-            time.sleep(4)  # inside the job: snakemake, srun and the measure command starting
-            subprocess.run(["scancel", running[0]], check=True)
-            cancelled = running[0]
-        time.sleep(0.5)
-    first_rc = first.wait(timeout=300)
-    log = first_log.read_text()
-    assert cancelled is not None, f"no measure job seen running; log:\n{log[-3000:]}"
-    assert first_rc != 0, f"the run with a cancelled job should fail; log:\n{log[-3000:]}"
-    assert f"SLURM-job '{cancelled}' failed" in log, log[-3000:]
+    local_log, first_log, rerun_log = (tmp_path / f"{n}.log" for n in ("local", "slurm1", "slurm2"))
+    # The reference, run locally alongside (the SLURM run mostly waits on the scheduler).
+    reference_args = _snakemake("--workflow-profile", str(LOCAL_PROFILE), "--cores", "1")
+    with (
+        _background(reference_args, local, local_log) as reference,
+        _background(slurm_args, remote, first_log) as first,
+    ):
+        # Cancel a measure job once its command has started.
+        cancelled, deadline = None, time.monotonic() + 600
+        while cancelled is None and first.poll() is None and time.monotonic() < deadline:
+            running = _running_measure_jobs(remote)
+            if running and list((remote / "logs" / "measure").rglob("*.log")):
+                time.sleep(1)
+                subprocess.run(["scancel", running[0]], check=True)
+                cancelled = running[0]
+            time.sleep(0.5)
+        first_rc = first.wait(timeout=600)
+        assert cancelled is not None, f"no measure job seen running:\n{_tail(first_log)}"
+        assert first_rc != 0, f"a run with a cancelled job must fail:\n{_tail(first_log)}"
+        assert f"SLURM-job '{cancelled}' failed" in first_log.read_text(), _tail(first_log)
+        assert len(store.done_cells(remote / store_path)) < 4
 
-    rerun_log = tmp_path / "slurm-2.log"
-    rerun = subprocess.run(
-        slurm_args, cwd=remote, env=_env(), stdout=rerun_log.open("w"), stderr=subprocess.STDOUT
-    )
-    assert rerun.returncode == 0, rerun_log.read_text()[-5000:]
-    assert reference.wait(timeout=300) == 0, (tmp_path / "local.log").read_text()[-5000:]
+        with open(rerun_log, "w") as fh:
+            rerun = subprocess.run(
+                slurm_args, cwd=remote, env=_env(), stdout=fh, stderr=subprocess.STDOUT
+            )
+        assert rerun.returncode == 0, _tail(rerun_log)
+        assert reference.wait(timeout=600) == 0, _tail(local_log)
 
-    config = yaml.safe_load(TINY.read_text())
-    results = config["results"]
-    store_path = config.get("store") or f"{results}/store.zarr"
+    # Nothing lost, nothing doubled: every cell once, complete, equal to the local run.
+    assert (
+        store.done_cells(remote / store_path).keys() == store.registry(remote / store_path).keys()
+    )
+    assert len(store.done_cells(remote / store_path)) == len(store.done_cells(local / store_path))
     xr.testing.assert_identical(
         _store_dataset(remote / store_path), _store_dataset(local / store_path)
     )
     tables = _tables(remote / results)
     assert tables and tables == _tables(local / results)
 
-    # Aggregate once more, through dask-jobqueue workers on SLURM, chosen by config.
+    # Aggregate once more, through dask-jobqueue workers in SLURM jobs, chosen by config.
     worker_logs = tmp_path / "dask-logs"
     dask = {
-        "scheduler": "jobqueue",
-        "workers": 2,
-        "jobqueue": {
-            "cores": 1,
-            "memory": "1GB",
-            "walltime": "00:10:00",
-            "jobs": 2,
-            "log_directory": str(worker_logs),
-        },
+        "kind": "slurm",
+        "n_workers": 2,
+        "cores": 1,
+        "memory": "1GB",
+        "walltime": "00:10:00",
+        "log_directory": str(worker_logs),
+        "wait": 2,
+        "timeout": 120,
     }
+    overlay = tmp_path / "dask-slurm.yaml"
+    overlay.write_text(yaml.safe_dump({"dask": dask}))
     shutil.rmtree(remote / results / "tables")
+    targets = [f"{results}/tables/{name}" for name in tables if "/" not in name]
     again = subprocess.run(
         _snakemake(
+            *targets,
             "--workflow-profile",
             str(LOCAL_PROFILE),
             "--cores",
             "1",
             "--forcerun",
             "aggregate",
-            "--config",
-            f"dask={json.dumps(dask)}",
+            configs=(overlay,),
         ),
         cwd=remote,
         env=_env(),
