@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: setup
-	$(BIN)/dead-directions cells
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores 2 --workflow-profile workflow/profiles/default
 
 cells: setup
 	$(BIN)/dead-directions cells

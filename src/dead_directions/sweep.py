@@ -200,7 +200,15 @@ def load_model(checkpoint: str | os.PathLike, family_name: str, size: str | None
     path = Path(checkpoint)
     if not path.exists():
         raise ValueError(f"checkpoint {path} does not exist.")
-    return checkpoints.load(path, family=family_name, size=size)
+    model, meta = checkpoints.load(path, family=family_name, size=size)
+    for name, value in model.named_parameters():
+        bad = int((~value.detach().isfinite()).sum())
+        if bad:
+            raise ValueError(
+                f"checkpoint {path}: parameter {name!r} has {bad} NaN or infinite entries of "
+                f"{value.numel()}; the checkpoint is corrupt or training diverged."
+            )
+    return model, meta
 
 
 def resolve_device(device: str = "auto"):

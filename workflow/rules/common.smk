@@ -194,8 +194,20 @@ def figure_args(wildcards):
     return " ".join(f"{family}={RESULTS}/figures/{family}" for family in FAMILIES)
 
 
+def layer_lists(wildcards):
+    """The layers file of every (family, size): targets themselves, so that a new size's
+    checkpoint runs even when the tables downstream already exist (Snakemake does not
+    re-check a finished job whose inputs wait on an unfinished checkpoint)."""
+    return [
+        f"{RESULTS}/layers/{family}/{size}.json"
+        for family, spec in FAMILIES.items()
+        for size in spec["sizes"]
+    ]
+
+
 def final_targets(wildcards):
     return [
+        *layer_lists(wildcards),
         *all_tables(wildcards),
         *all_figures(wildcards),
         f"{RESULTS}/report.md",

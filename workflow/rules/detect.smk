@@ -5,7 +5,6 @@ rule detect:
     input:
         manifest=manifest,
         probe=f"{RESULTS}/probe/{{family}}.safetensors",
-        store=STORE_READY,
     output:
         f"{RESULTS}/directions/{CELL}.safetensors",
     log:
@@ -22,9 +21,9 @@ rule detect:
         checkpoint=checkpoint_path,
         detectors=detector_args,
         seed=config["seed"],
-        store=STORE,
+        limit=config["store_layout"]["max_directions"],
     shell:
         "dead-directions detect --family {wildcards.family} --size {wildcards.size} "
         "--step {wildcards.step} --layer {wildcards.layer} --checkpoint {params.checkpoint} "
         "--probe {input.probe} {params.detectors} --seed {params.seed} "
-        "--store {params.store} --threads {threads} --out {output} > {log} 2>&1"
+        "--limit {params.limit} --threads {threads} --out {output} > {log} 2>&1"
