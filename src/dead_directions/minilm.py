@@ -57,7 +57,7 @@ def weights_path() -> Path:
 def build(size: str = SIZE, seed: int = 0) -> nn.Module:
     """An untrained BertModel with MiniLM-L6's config: float64, eager attention, eval mode."""
     if size != SIZE:
-        raise KeyError(f"minilm has one size, {SIZE!r}; got {size!r}.")
+        raise ValueError(f"minilm has one size, {SIZE!r}; got {size!r}.")
     _offline()
     from transformers import AutoConfig, AutoModel
 

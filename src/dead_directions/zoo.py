@@ -182,7 +182,7 @@ def _probe_from(task: Callable[[], Task], default: int) -> Callable[..., torch.T
 # ------------------------------------------------------------------------------ builders
 def _size_int(family: str, size: str, prefix: str, sizes: Sequence[str]) -> int:
     if not (size.startswith(prefix) and size[len(prefix) :].isdigit()):
-        raise KeyError(
+        raise ValueError(
             f"{family}: size {size!r} is not '{prefix}<int>' (default sizes: {', '.join(sizes)})."
         )
     return int(size[len(prefix) :])
@@ -326,7 +326,7 @@ def _train_run(
     if recipe is None or family.task is None:
         raise ValueError(f"family {family.name!r} is not trainable.")
     if size not in family.sizes:
-        family.build(size)  # validates a non-default size (raises KeyError on bad names)
+        family.build(size)  # validates a non-default size (ValueError on a bad name)
     wanted = sorted({int(s) for s in (steps if steps is not None else family.default_steps(tiny))})
     if not wanted or wanted[0] < 0:
         raise ValueError(f"steps must be non-negative integers, got {steps!r}.")
@@ -413,7 +413,7 @@ def _version() -> str:
 def _train_minilm(size, steps=None, out_dir=".", seed: int = 0, tiny: bool = False) -> list[Path]:
     """'Train' the pretrained family: copy the bundled weights as its single checkpoint."""
     if size != minilm.SIZE:
-        raise KeyError(f"minilm has one size, {minilm.SIZE!r}; got {size!r}.")
+        raise ValueError(f"minilm has one size, {minilm.SIZE!r}; got {size!r}.")
     if steps is not None and sorted({int(s) for s in steps}) != [0]:
         raise ValueError("minilm is pretrained: its only checkpoint is step 0.")
     src = minilm.weights_path()

@@ -1,0 +1,258 @@
+"""Checkpoints: round trips (safetensors, torch state dict), errors, external families."""
+
+import json
+import os
+import pickle
+
+import pytest
+import torch
+
+import dead_directions as dd
+from dead_directions import checkpoints, zoo
+from dead_directions.checkpoints import CheckpointError
+
+
+def _trained_cnn(size="c4", seed=0):
+    """A cnn with non-trivial BatchNorm running statistics (a few training-mode passes)."""
+    model = zoo.get_family("cnn").build(size, seed=seed)
+    model.train()
+    with torch.no_grad():
+        for i in range(3):
+            model(zoo.digits().x_train[64 * i : 64 * (i + 1)])
+    return model.eval()
+
+
+@pytest.fixture()
+def cnn_file(tmp_path):
+    model = _trained_cnn()
+    path = checkpoints.save(
+        model, tmp_path / "cnn" / "c4" / "step0000000.safetensors", {"family": "cnn", "size": "c4"}
+    )
+    return model, path
+
+
+@pytest.mark.parametrize("name", ["cnn", "vit", "transformer", "mlp-z2"])
+def test_round_trip_identical_outputs(tmp_path, name):
+    fam = zoo.get_family(name)
+    size = fam.sizes[1]
+    model = _trained_cnn(size, seed=4) if name == "cnn" else fam.build(size, seed=4).eval()
+    meta = {"family": name, "size": size, "step": 7, "seed": 4, "seconds": 1.5, "acc": float("nan")}
+    path = checkpoints.save(model, tmp_path / f"step{7:07d}.safetensors", meta)
+    loaded, got = checkpoints.load(path)
+    assert got["step"] == 7 and got["seconds"] == 1.5 and got["acc"] is None
+    assert got["format"] == "safetensors" and got["path"] == str(path)
+    assert not loaded.training
+    probe = fam.probe(n=32)
+    assert torch.equal(loaded(probe), model(probe))
+    for (k, a), (k2, b) in zip(
+        model.state_dict().items(), loaded.state_dict().items(), strict=True
+    ):
+        assert k == k2 and torch.equal(a, b) and a.dtype == b.dtype
+    # the header carries the metadata too, without the volatile keys
+    checkpoints.sidecar_path(path).unlink()
+    header = checkpoints.read_meta(path)
+    assert header["step"] == 7 and "seconds" not in header
+
+
+def test_save_is_byte_stable_and_ignores_volatile_keys(tmp_path):
+    model = zoo.get_family("mlp").build("h4")
+    a = checkpoints.save(model, tmp_path / "a.safetensors", {"step": 1, "seconds": 0.1})
+    b = checkpoints.save(model, tmp_path / "b.safetensors", {"step": 1, "seconds": 9.9})
+    assert a.read_bytes() == b.read_bytes()
+    c = checkpoints.save(model, tmp_path / "c.safetensors", {"step": 2})
+    assert c.read_bytes() != a.read_bytes()
+    with pytest.raises(ValueError, match=".safetensors"):
+        checkpoints.save(model, tmp_path / "x.pt", {})
+
+
+def test_torch_state_dict_round_trip(tmp_path):
+    model = _trained_cnn()
+    path = tmp_path / "cnn.pt"
+    torch.save(model.state_dict(), path)
+    loaded, meta = checkpoints.load(path, family="cnn", size="c4")
+    assert meta["format"] == "torch"
+    x = zoo.get_family("cnn").probe(n=16)
+    assert torch.equal(loaded(x), model(x))
+    # a float32 state dict (e.g. from elsewhere) loads into the float64 model
+    torch.save(
+        {
+            "state_dict": {
+                k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()
+            }
+        },
+        path,
+    )
+    loaded, _ = checkpoints.load(path, builder="cnn", size="c4")
+    assert loaded.conv1.weight.dtype == torch.float64
+    torch.testing.assert_close(loaded(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nowhere" / "step0000010.safetensors"
+    with pytest.raises(CheckpointError, match="no such file") as err:
+        checkpoints.load(path, family="cnn", size="c4")
+    assert isinstance(err.value, ValueError) and err.value.path == path
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+def test_corrupt_bytes(cnn_file, damage):
+    _, path = cnn_file
+    data = path.read_bytes()
+    if damage == "garbage":
+        path.write_bytes(os.urandom(64) + data[64:])
+    elif damage == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="not a readable safetensors file") as err:
+        checkpoints.load(path, family="cnn", size="c4")
+    assert str(path) in str(err.value)
+
+
+def test_corrupt_torch_file(tmp_path):
+    path = tmp_path / "bad.pt"
+    path.write_bytes(b"\x80\x04not a pickle at all")
+    with pytest.raises(CheckpointError, match="not a loadable torch state dict"):
+        checkpoints.load(path, family="cnn", size="c4")
+
+
+def test_pickled_code_is_never_run(tmp_path):
+    """weights_only=True refuses a pickle that would run code on load."""
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.mkdir, (str(marker),))
+
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"conv1.weight": Evil()}, f)
+    with pytest.raises(CheckpointError, match="weights_only"):
+        checkpoints.load(path, family="cnn", size="c4")
+    assert not marker.exists()
+
+
+def test_wrong_shape_names_file_and_tensor(tmp_path):
+    path = checkpoints.save(zoo.get_family("cnn").build("c8"), tmp_path / "c8.safetensors", {})
+    with pytest.raises(CheckpointError) as err:
+        checkpoints.load(path, family="cnn", size="c4")
+    msg = str(err.value)
+    assert err.value.tensor == "conv1.weight" and "'conv1.weight'" in msg and str(path) in msg
+    assert "(8, 1, 3, 3)" in msg and "(4, 1, 3, 3)" in msg
+
+
+def test_unknown_and_missing_tensor_names(cnn_file, tmp_path):
+    model, _ = cnn_file
+    state = dict(model.state_dict())
+    extra = checkpoints.save({**state, "head.weight": torch.zeros(3)}, tmp_path / "x.safetensors")
+    with pytest.raises(CheckpointError, match="unknown tensor name") as err:
+        checkpoints.load(extra, family="cnn", size="c4")
+    assert err.value.tensor == "head.weight" and str(extra) in str(err.value)
+    del state["fc.bias"]
+    lacking = checkpoints.save(state, tmp_path / "y.safetensors")
+    with pytest.raises(CheckpointError, match="lacks it") as err:
+        checkpoints.load(lacking, family="cnn", size="c4")
+    assert err.value.tensor == "fc.bias" and str(lacking) in str(err.value)
+
+
+def test_nan_weights_load_but_the_read_rejects_them(cnn_file, tmp_path):
+    model, _ = cnn_file
+    state = dict(model.state_dict())
+    state["fc.weight"] = state["fc.weight"].clone()
+    state["fc.weight"][0, 0] = float("nan")
+    path = checkpoints.save(state, tmp_path / "nan.safetensors", {"family": "cnn", "size": "c4"})
+    loaded, _ = checkpoints.load(path)
+    assert torch.isnan(loaded.fc.weight).sum() == 1
+    u = {"fc.weight": torch.ones_like(loaded.fc.weight)}
+    with pytest.raises(ValueError, match="'fc.weight'.*NaN"):
+        dd.read(loaded, zoo.get_family("cnn").probe(n=8), u, likelihood="categorical")
+
+
+def test_no_family_no_sidecar(cnn_file):
+    _, path = cnn_file
+    checkpoints.sidecar_path(path).unlink()
+    path.write_bytes(path.read_bytes())  # header still names the family
+    model, meta = checkpoints.load(path)
+    assert meta["family"] == "cnn"
+    bare = path.with_name("bare.safetensors")
+    checkpoints.save(model, bare)
+    checkpoints.sidecar_path(bare).unlink()
+    with pytest.raises(CheckpointError, match="no family or builder"):
+        checkpoints.load(bare)
+    with pytest.raises(CheckpointError, match="no size"):
+        checkpoints.load(bare, family="cnn")
+
+
+def test_builders(tmp_path):
+    assert checkpoints.get_builder("vit") is zoo.get_family("vit").build
+    fn = checkpoints.get_builder("dead_directions.zoo:build_cnn")
+    assert fn("c4").conv1.out_channels == 4
+    with pytest.raises(ValueError, match="unknown builder 'nope'"):
+        checkpoints.get_builder("nope")
+    with pytest.raises(ValueError, match="cannot import"):
+        checkpoints.get_builder("dead_directions.zoo:no_such_function")
+
+    @checkpoints.register_builder("test-linear")
+    def linear(size):
+        return torch.nn.Linear(int(size), 2, dtype=torch.float64)
+
+    try:
+        path = checkpoints.save(linear("3"), tmp_path / "lin.safetensors")
+        model, _ = checkpoints.load(path, family="test-linear", size="3")
+        assert model.weight.shape == (2, 3)
+        with pytest.raises(CheckpointError, match=r"'weight'.*\(2, 3\).*\(2, 5\)"):
+            checkpoints.load(path, builder=linear, size="5")
+    finally:
+        checkpoints.BUILDERS.pop("test-linear")
+
+
+def test_external_family(tmp_path):
+    for size in ("c4", "c8"):
+        for step in (0, 10, 100):
+            model = zoo.get_family("cnn").build(size, seed=step)
+            checkpoints.save(model, tmp_path / f"run-{size}" / f"ckpt_{step:05d}.safetensors")
+    entry = {
+        "name": "mycnn",
+        "pattern": str(tmp_path / "run-{size}" / "ckpt_{step:05d}.safetensors"),
+        "builder": "cnn",
+    }
+    ext = checkpoints.external_family(entry)
+    found = ext.checkpoints()
+    assert [(s, t) for s, t, _ in found] == [
+        ("c4", 0),
+        ("c4", 10),
+        ("c4", 100),
+        ("c8", 0),
+        ("c8", 10),
+        ("c8", 100),
+    ]
+    model, meta = ext.load("c8", 10)
+    assert model.conv1.out_channels == 8 and meta["family"] == "mycnn" and meta["step"] == 10
+    expected = zoo.get_family("cnn").build("c8", seed=10)
+    assert torch.equal(model.conv1.weight, expected.conv1.weight)
+    # a checkpoint the config names but the disk lacks fails alone, naming the file
+    limited = checkpoints.external_family({**entry, "sizes": ["c4"], "steps": [0, 50]})
+    assert [(s, t) for s, t, _ in limited.checkpoints()] == [("c4", 0), ("c4", 50)]
+    with pytest.raises(CheckpointError, match="ckpt_00050.safetensors"):
+        limited.load("c4", 50)
+    # the wrong builder: its sizes do not fit, or its tensors do not match
+    wrong = checkpoints.external_family({**entry, "builder": "vit"})
+    with pytest.raises(CheckpointError, match="vit cannot build size 'c4'"):
+        wrong.load("c4", 0)
+    wrong = checkpoints.external_family({**entry, "builder": "dead_directions.zoo:build_mlp"})
+    with pytest.raises(CheckpointError, match="unknown tensor name"):
+        checkpoints.load(ext.path("c4", 0), builder=wrong.builder, size="h4")
+    with pytest.raises(ValueError, match="lacks builder"):
+        checkpoints.external_family({"name": "x", "pattern": "a/{step}"})
+    with pytest.raises(ValueError, match="unknown field"):
+        checkpoints.external_family({"name": "x", "pattern": "{epoch}", "builder": "cnn"})
+
+
+def test_iter_checkpoints(tmp_path):
+    paths = zoo.train("mlp", "h4", [0, 3, 12], tmp_path, tiny=True)
+    listed = list(checkpoints.iter_checkpoints(tmp_path, "mlp"))
+    assert [(s, t) for s, t, _ in listed] == [("h4", 0), ("h4", 3), ("h4", 12)]
+    assert [p for _, _, p in listed] == paths
+    meta = json.loads(checkpoints.sidecar_path(paths[-1]).read_text())
+    assert meta["step"] == 12 and meta["recipe"]["lr"] == zoo.get_family("mlp").tiny_recipe.lr
