@@ -15,6 +15,7 @@ from .assembly import (
 from .detectors import detect
 from .direction import Direction
 from .likelihood import Likelihood, get_likelihood
+from .prune import PruneReport, prune
 from .rate import RateOptions
 from .read import Read, ReadOptions, SpotCheck, read, read_many, read_on_device
 
@@ -32,6 +33,8 @@ __all__ = [
     "rrr_lambda",
     "Direction",
     "Likelihood",
+    "PruneReport",
+    "prune",
     "RateOptions",
     "Read",
     "ReadOptions",

@@ -12,6 +12,7 @@ import time
 # ``add_parser(subparsers)`` which registers its command and sets ``func``.
 COMMAND_MODULES = ["dead_directions.cli", "dead_directions.llc_compare", "dead_directions.sweep"]
 COMMAND_MODULES += ["dead_directions.detectors.recovery"]  # detector recovery rates
+COMMAND_MODULES += ["dead_directions.prune"]  # prune read-confirmed dead/duplicate units
 COMMAND_MODULES += ["dead_directions.zoo"]  # train: the model zoo
 
 

@@ -1,0 +1,151 @@
+"""dd.prune: read-confirmed dead units removed, duplicates merged, outputs unchanged."""
+
+import math
+
+import pytest
+import torch
+from detector_models import UnitMLP, activation
+from torch import nn
+
+import dead_directions as dd
+from dead_directions.direction import Direction
+from dead_directions.models import ViT
+from dead_directions.prune import load_pruned, save_pruned
+
+DTYPE = torch.float64
+D_IN, HIDDEN, D_OUT = 4, 8, 3
+
+
+def gaussian(n, *shape, seed=0):
+    return torch.randn(n, *shape, generator=torch.Generator().manual_seed(seed), dtype=DTYPE)
+
+
+def planted_mlp() -> UnitMLP:
+    """ReLU MLP 4 → 8 → 3: unit 0 silent, unit 3 zero outgoing, unit 5 = unit 2,
+    unit 6 = 2.5 × unit 4 (incoming row and bias); units 1 and 7 live and distinct."""
+    m = UnitMLP(activation("relu"), d_in=D_IN, hidden=HIDDEN, d_out=D_OUT)
+    with torch.no_grad():
+        m.fc1.bias[0] = -100.0
+        m.fc2.weight[:, 3] = 0.0
+        m.fc1.weight[5], m.fc1.bias[5] = m.fc1.weight[2], m.fc1.bias[2]
+        m.fc1.weight[6], m.fc1.bias[6] = 2.5 * m.fc1.weight[4], 2.5 * m.fc1.bias[4]
+    return m
+
+
+@pytest.fixture(scope="module")
+def pruned_mlp():
+    model, x, xh = planted_mlp(), gaussian(256, D_IN), gaussian(512, D_IN, seed=1)
+    dirs = dd.detect(model, x, detectors=["dead_unit", "duplicate_units"])
+    reads = dd.read_many(model, x, dirs)
+    # a live unit posing as node death, read at the checkpoint itself: it reads regular
+    w, q = model.fc1.weight.detach(), model.fc2.weight.detach()
+    vec = {"fc1.weight": torch.zeros_like(w), "fc2.weight": torch.zeros_like(q)}
+    vec["fc1.weight"][1], vec["fc2.weight"][:, 1] = w[1], q[:, 1]
+    live = Direction(
+        "dead_unit:fc1:live", "fc1", vec, detector="dead_unit", predicted_kind="singular",
+        predicted_order=2.0, meta={"unit": 1, "consumer": "fc2", "reason": "weak"},
+    )  # fmt: skip
+    reads.append(dd.read(model, x, live))
+    pruned, report = dd.prune(
+        model, reads, [*dirs, live], inputs=x, held_out=xh, labels=model(xh).detach() + 0.1
+    )
+    return model, x, xh, pruned, report
+
+
+def test_prune_removes_exactly_the_planted_units(pruned_mlp):
+    model, _, xh, pruned, report = pruned_mlp
+    (layer,) = report.layers
+    assert (layer.layer, layer.consumer) == ("fc1", "fc2")
+    assert layer.removed == (0, 3)
+    assert layer.merged == ((5, 2), (6, 4))
+    assert {a.unit: a.ratio for a in report.actions if a.action == "merge"} == pytest.approx(
+        {5: 1.0, 6: 2.5}, rel=1e-12
+    )
+    assert (layer.width_before, layer.width_after) == (8, 4)
+    assert pruned.fc1.weight.shape == (4, D_IN) and pruned.fc2.weight.shape == (D_OUT, 4)
+    assert type(pruned.fc1) is nn.Linear and type(pruned) is type(model)
+    # kept units are the original 1, 2, 4, 7 (incoming rows unchanged)
+    assert torch.equal(pruned.fc1.weight, model.fc1.weight[[1, 2, 4, 7]])
+    y0, y1 = model(xh), pruned(xh)
+    rel = float((y1 - y0).norm() / y0.norm())
+    assert rel <= 1e-9 and report.output_change <= 1e-9
+    assert abs(report.metric_change) <= 1e-9 and report.metric == "loss"
+
+
+def test_unit_that_reads_regular_is_never_removed(pruned_mlp):
+    model, _, _, pruned, report = pruned_mlp
+    skipped = [s for s in report.skipped if s.direction == "dead_unit:fc1:live"]
+    assert len(skipped) == 1 and "regular" in skipped[0].why
+    assert 1 not in report.layers[0].removed
+    assert any(torch.equal(row, model.fc1.weight[1]) for row in pruned.fc1.weight)
+
+
+def test_parameters_and_flops_saved_are_the_closed_counts(pruned_mlp):
+    model, _, _, pruned, report = pruned_mlp
+    gone = 4
+    assert report.params_saved == gone * (D_IN + 1 + D_OUT) == 32
+    assert report.params_after == sum(p.numel() for p in pruned.parameters())
+    assert report.layers[0].params_saved == 32
+    batch = 64  # default flop_batch: 2·N·in·out per Linear
+    assert report.layers[0].flops_saved == 2 * batch * gone * (D_IN + D_OUT) == 3584
+    assert report.flops_saved == 3584
+    assert report.removed_fraction == pytest.approx(32 / 67)
+
+
+def test_second_detect_finds_no_node_death_and_checkpoint_round_trips(pruned_mlp, tmp_path):
+    _, x, xh, pruned, report = pruned_mlp
+    again = dd.detect(pruned, x, detectors=["dead_unit", "duplicate_units"])
+    assert again == []
+    path = save_pruned(pruned, report, tmp_path / "p.safetensors", {"size": "h8"})
+    loaded, meta = load_pruned(path, builder=lambda size: planted_mlp())
+    assert meta["pruned"]["widths"] == {"fc1": 4}
+    assert torch.equal(loaded(xh), pruned(xh))
+
+
+class DeadBNConv(nn.Module):
+    """conv → BatchNorm → ReLU → max-pool → flatten → linear; channel 1 dead (γ = 0, β < 0)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 4, 3, padding=1, dtype=DTYPE)
+        self.bn = nn.BatchNorm2d(4, dtype=DTYPE)
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(4 * 4, 2, dtype=DTYPE)
+        with torch.no_grad():
+            self.bn.running_mean.copy_(torch.tensor([0.1, -0.2, 0.0, 0.3]))
+            self.bn.running_var.copy_(torch.tensor([1.5, 0.7, 1.0, 2.0]))
+            self.bn.weight[1], self.bn.bias[1] = 0.0, -1.0
+        self.eval()
+
+    def forward(self, x):
+        return self.fc(self.pool(torch.relu(self.bn(self.conv(x)))).flatten(1))
+
+
+def test_dead_batchnorm_channel_removed_from_conv_bn_and_linear():
+    model, x, xh = DeadBNConv(), gaussian(64, 1, 4, 4), gaussian(128, 1, 4, 4, seed=1)
+    pruned, report = dd.prune(model, inputs=x, held_out=xh)
+    (layer,) = report.layers
+    assert layer.removed == (1,) and set(layer.modules) == {"conv", "bn", "fc"}
+    assert pruned.conv.weight.shape[0] == 3 and pruned.bn.running_mean.shape == (3,)
+    assert pruned.fc.weight.shape == (2, 12)
+    assert report.params_saved == (9 + 1) + 2 + 2 * 4  # conv filter+bias, γβ, fc block
+    assert float((pruned(xh) - model(xh)).norm() / model(xh).norm()) <= 1e-9
+
+
+def test_transformer_mlp_hidden_unit_removed():
+    torch.manual_seed(0)
+    model = ViT(dim=8, depth=1, heads=1, hidden=6, image=4, patch=2, classes=3).eval()
+    with torch.no_grad():
+        model.blocks[0].mlp.fc1.weight[2] = 0.0
+        model.blocks[0].mlp.fc1.bias[2] = 0.0  # GELU(0) = 0: silent
+    x, xh = gaussian(32, 1, 4, 4), gaussian(64, 1, 4, 4, seed=1)
+    dirs = [d for d in dd.detect(model, x, detectors=["dead_unit"]) if d.layer.endswith("mlp.fc1")]
+    reads = dd.read_many(model, x, dirs, likelihood="categorical")
+    pruned, report = dd.prune(model, reads, dirs, inputs=x, held_out=xh)
+    assert [(lp.layer, lp.removed) for lp in report.layers] == [("blocks.0.mlp.fc1", (2,))]
+    assert pruned.blocks[0].mlp.fc1.out_features == 5
+    assert pruned.blocks[0].mlp.fc2.in_features == 5
+    assert report.params_saved == 8 + 1 + 8
+    assert float((pruned(xh) - model(xh)).norm() / model(xh).norm()) <= 1e-9
+    assert math.isfinite(report.output_change)
