@@ -21,6 +21,7 @@ import torch
 from torch.func import functional_call, jvp
 
 import dead_directions as dd
+import dead_directions.zoo  # noqa: F401  (registers dd.zoo)
 from dead_directions.fisher import iter_batches
 
 
