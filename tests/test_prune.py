@@ -66,7 +66,8 @@ def test_prune_removes_exactly_the_planted_units(pruned_mlp):
     assert type(pruned.fc1) is nn.Linear and type(pruned) is type(model)
     # kept units are the original 1, 2, 4, 7 (incoming rows unchanged)
     assert torch.equal(pruned.fc1.weight, model.fc1.weight[[1, 2, 4, 7]])
-    y0, y1 = model(xh), pruned(xh)
+    with torch.no_grad():
+        y0, y1 = model(xh), pruned(xh)
     rel = float((y1 - y0).norm() / y0.norm())
     assert rel <= 1e-9 and report.output_change <= 1e-9
     assert abs(report.metric_change) <= 1e-9 and report.metric == "loss"
@@ -149,3 +150,21 @@ def test_transformer_mlp_hidden_unit_removed():
     assert report.params_saved == 8 + 1 + 8
     assert float((pruned(xh) - model(xh)).norm() / model(xh).norm()) <= 1e-9
     assert math.isfinite(report.output_change)
+
+
+def test_cli_prune_writes_a_checkpoint_that_loads_narrower(tmp_path):
+    from dead_directions import checkpoints, zoo
+    from dead_directions.cli import main
+
+    model = zoo.build_mlp("h8")
+    with torch.no_grad():
+        model.fc1.weight[3], model.fc1.bias[3] = 0.0, 0.0  # tanh(0) = 0: silent
+    src = checkpoints.save(
+        model, tmp_path / "step0000010.safetensors", {"family": "mlp", "size": "h8"}
+    )
+    assert main(["prune", str(src), "--family", "mlp", "--out", str(tmp_path / "out")]) == 0
+    loaded, meta = load_pruned(tmp_path / "out" / "step0000010.safetensors")
+    assert loaded.fc1.out_features == 7 and meta["pruned"]["widths"] == {"fc1": 7}
+    x = zoo.get_family("mlp").task().x_test
+    y0, y1 = model(x).detach(), loaded(x).detach()
+    assert float((y1 - y0).norm() / y0.norm()) <= 1e-9

@@ -173,6 +173,17 @@ def _metric(y: torch.Tensor, labels: torch.Tensor | None) -> tuple[str | None, f
     return "accuracy", float((y.argmax(-1) == labels).double().mean())
 
 
+def _metric_loss(ref: torch.Tensor, y: torch.Tensor, labels: torch.Tensor | None) -> float:
+    """How much worse ``y`` does than ``ref`` on the task metric (0 without labels)."""
+    name, m0 = _metric(ref, labels)
+    _, m1 = _metric(y, labels)
+    if name is None:
+        return 0.0
+    if name == "accuracy":
+        return m0 - m1
+    return (m1 - m0) / m0 if m0 > 0 else (0.0 if m1 <= m0 else math.inf)
+
+
 def _trace(model: nn.Module, inputs) -> dict[str, tuple[list[int], int]]:
     """Leaf module name -> (ids of its tensor inputs, id of its output) for one forward."""
     seen: dict[str, tuple[list[int], int]] = {}
@@ -315,6 +326,9 @@ def prune(
     output: Callable | None = None,
     likelihood: str = "gaussian",
     tolerance: float = 1e-3,
+    metric_tolerance: float = 0.005,
+    min_width: int = 1,
+    detect_options: Mapping | None = None,
     order_tol: float = 0.05,
     seed: int = 0,
     flop_batch: int = 64,
@@ -335,7 +349,10 @@ def prune(
     into i adds c·Q[:, j] to Q[:, i] with c = ⟨a_j, a_i⟩/⟨a_i, a_i⟩ on ``inputs`` (c = s^p
     for incoming weights w_j = s·w_i, s > 0, under a degree-p homogeneous σ; 1 for equal
     rows). Actions are accepted greedily, smallest change first, while the joint relative
-    output change stays ≤ ``tolerance``; each layer keeps at least one unit.
+    output change stays ≤ ``tolerance`` and, with ``labels``, the task metric on
+    ``held_out`` loses at most ``metric_tolerance`` (accuracy: absolute; loss: relative);
+    each layer keeps at least ``min_width`` units. ``detect_options`` go to ``dd.detect``
+    (e.g. ``{"dead_unit": {"score_tol": 0.5}}``) when it runs here.
 
     Returns ``(pruned_model, PruneReport)``: a deep copy with narrower Linear/Conv/BatchNorm
     modules (same classes, same architecture); ``model`` itself is not modified.
@@ -356,6 +373,7 @@ def prune(
             output=output,
             likelihood=likelihood,
             max_per_layer=1 << 20,
+            **dict(detect_options or {}),
         )
     directions = [d for d in directions if d.detector in PRUNE_DETECTORS]
     if reads is None:
@@ -432,8 +450,8 @@ def prune(
         if c.unit in g or c.unit in t or (c.into is not None and c.into in g):
             skipped.append(Skipped(c.direction, c.producer, c.unit, "unit already acted on"))
             continue
-        if len(g) + 1 >= units_of[c.producer]:
-            skipped.append(Skipped(c.direction, c.producer, c.unit, "would leave the layer empty"))
+        if units_of[c.producer] - len(g) - 1 < min_width:
+            skipped.append(Skipped(c.direction, c.producer, c.unit, f"would leave < {min_width}"))
             continue
         if not alone[k] <= tolerance:
             skipped.append(
@@ -442,11 +460,16 @@ def prune(
             continue
         trial = dict(current)
         edit(trial)
-        joint = _rel(_call(model, held_out, output, {**trial, **buffers}), ref)
+        y = _call(model, held_out, output, {**trial, **buffers})
+        joint = _rel(y, ref)
         if not joint <= tolerance:
             skipped.append(
                 Skipped(c.direction, c.producer, c.unit, f"joint change {joint:.3g} > tolerance")
             )
+            continue
+        lost = _metric_loss(ref, y, labels)
+        if not lost <= metric_tolerance:
+            skipped.append(Skipped(c.direction, c.producer, c.unit, f"metric worse by {lost:.3g}"))
             continue
         current = trial
         g.add(c.unit)
@@ -713,7 +736,11 @@ def cmd_prune(args) -> int:
         output=fam.output,
         likelihood=fam.likelihood,
         tolerance=args.tolerance,
+        metric_tolerance=args.metric_tolerance,
         seed=args.seed,
+        detect_options=(
+            {"dead_unit": {"score_tol": args.score_tol}} if args.score_tol is not None else None
+        ),
     )
     meta = {k: v for k, v in meta.items() if k not in ("path", "format", "pruned")}
     meta["source"] = str(args.checkpoint)
@@ -747,5 +774,14 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--probe", type=int, default=256, help="probe inputs for detect and read")
     p.add_argument("--tolerance", type=float, default=1e-3, help="max relative output change")
+    p.add_argument(
+        "--metric-tolerance", type=float, default=0.005, help="max task-metric loss (held out)"
+    )
+    p.add_argument(
+        "--score-tol",
+        type=float,
+        default=None,
+        help="dead_unit weak-unit threshold (× the layer's median in·out norm); candidates only",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_prune)
