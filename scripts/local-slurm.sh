@@ -18,8 +18,9 @@
 # control needed), select/cons_tres over CPUs and memory, MinJobAge 600 s so that
 # `squeue --states=all` still shows finished jobs to Snakemake's status checks.
 #
-# Needs root (slurmd launches job steps as the submitting user). Exit status: 0 ok,
-# 1 failure, 3 cannot run here (not root, no apt-get, or the install failed) -- the
+# LOCAL_SLURM_CPUS sets the node's CPUs (default nproc; the tests oversubscribe: their jobs
+# mostly wait). Needs root (slurmd launches job steps as the submitting user). Exit status:
+# 0 ok, 1 failure, 3 cannot run here (not root, no apt-get, or the install failed) -- the
 # test suite skips on 3 unless CI is set.
 set -euo pipefail
 
@@ -73,7 +74,7 @@ ensure_installed() {
 write_config() {
     local host cpus mem_mb
     host=$(hostname -s)
-    cpus=$(nproc)
+    cpus="${LOCAL_SLURM_CPUS:-$(nproc)}"
     # RealMemory a little under what free reports, so that slurmd never drains the node for
     # "low RealMemory" (it compares with its own reading of /proc/meminfo).
     mem_mb=$(free -m | awk '/^Mem:/ {print int($2 * 0.95)}')
@@ -106,6 +107,8 @@ SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU_Memory
 ReturnToService=2
+# Take CPUs and RealMemory from this file even where they differ from the hardware.
+SlurmdParameters=config_overrides
 MinJobAge=600
 KillWait=5
 InactiveLimit=0
