@@ -351,3 +351,52 @@ def test_four_measure_jobs_at_once_write_what_the_workflow_wrote(tiny_run, tmp_p
     assert sorted(store.done_cells(path)) == sorted(CELLS)
     stores_equal(path, reference)
     assert data_chunks(path) == data_chunks(reference)  # byte for byte, cell by cell
+
+
+def test_lint_and_formatting_are_clean():
+    lint = subprocess.run(
+        [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--lint"],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert lint.returncode == 0 and "Lints for" not in lint.stdout + lint.stderr, lint.stdout
+    fmt = subprocess.run(
+        [str(BIN / "snakefmt"), "--check", "Snakefile", "workflow"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+    common = (ROOT / "workflow" / "rules" / "common.smk").read_text()
+    listed = re.search(r"METRICS = \[(.*?)\]", common, re.S).group(1)
+    assert re.findall(r'"(\w+)"', listed) == list(aggregate.METRICS)
+
+
+def test_read_one_checkpoint_prints_a_table_and_writes_a_store(tiny_run, tmp_path):
+    checkpoint = tiny_run / "results" / "checkpoints" / "mlp" / "h4" / "step0000030.safetensors"
+    out = subprocess.run(
+        [
+            str(BIN / "dead-directions"),
+            "read",
+            str(checkpoint),
+            *("--family", "mlp", "--layers", "fc2", "--detectors", "random", "kfac"),
+            *("--max-per-layer", "2", "--probe-n", "64", "--threads", "1"),
+            *("--store", str(tmp_path / "one.zarr"), "--max-directions", "8"),
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| fc2")]
+    assert len(rows) == 4 and "4 directions in 1 layers" in out.stdout
+    key = store.CellKey("mlp", "h4", 30, "fc2")  # size and step from the sidecar
+    cell = store.cell_dataset(tmp_path / "one.zarr", key)
+    assert sorted(cell["detector"].values) == ["kfac", "kfac", "random", "random"]
+    reference = store.cell_dataset(tiny_run / "results" / "store.zarr", key)
+    assert sorted(cell["label"].values) == sorted(reference["label"].values)
