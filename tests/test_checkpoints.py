@@ -56,10 +56,12 @@ def test_round_trip_identical_outputs(tmp_path, name):
 
 def test_save_is_byte_stable_and_ignores_volatile_keys(tmp_path):
     model = zoo.get_family("mlp").build("h4")
-    a = checkpoints.save(model, tmp_path / "a.safetensors", {"step": 1, "seconds": 0.1})
-    b = checkpoints.save(model, tmp_path / "b.safetensors", {"step": 1, "seconds": 9.9})
-    assert a.read_bytes() == b.read_bytes()
-    c = checkpoints.save(model, tmp_path / "c.safetensors", {"step": 2})
+    meta = {"family": "mlp", "size": "h4", "step": 1, "seed": 0, "test_loss": 0.5}
+    a = checkpoints.save(model, tmp_path / "a.safetensors", {**meta, "seconds": 0.1})
+    for i in range(6):  # the header must not depend on hash order
+        b = checkpoints.save(model, tmp_path / f"b{i}.safetensors", {**meta, "seconds": 9.9})
+        assert a.read_bytes() == b.read_bytes()
+    c = checkpoints.save(model, tmp_path / "c.safetensors", {**meta, "step": 2})
     assert c.read_bytes() != a.read_bytes()
     with pytest.raises(ValueError, match=".safetensors"):
         checkpoints.save(model, tmp_path / "x.pt", {})

@@ -2,6 +2,8 @@
 
 import json
 import math
+import subprocess
+import sys
 import time
 
 import pytest
@@ -193,17 +195,23 @@ def test_tiny_zoo_does_its_tasks(tiny_zoo):
 
 
 def test_training_is_deterministic_and_schedule_free(tiny_zoo):
-    """Two runs give byte-identical safetensors; stopping early does not change a step."""
+    """Two runs (one in another process, via the CLI) give byte-identical safetensors;
+    stopping early does not change a step."""
     root, _, _ = tiny_zoo
     threads = torch.get_num_threads()
     deterministic = torch.are_deterministic_algorithms_enabled()
-    for name in ("cnn", "transformer"):
-        fam = zoo.get_family(name)
-        steps = fam.default_steps(tiny=True)[:3]
-        again = zoo.train(name, fam.sizes[0], steps, root / "again", tiny=True)
-        for path in again:
-            original = root / name / fam.sizes[0] / path.name
-            assert path.read_bytes() == original.read_bytes(), path.name
+    steps = zoo.get_family("cnn").default_steps(tiny=True)[:3]
+    cmd = [sys.executable, "-m", "dead_directions.cli", "train", "--family", "cnn"]
+    cmd += ["--size", "c4", "--steps", ",".join(map(str, steps)), "--tiny", "--out"]
+    subprocess.run([*cmd, str(root / "again")], check=True, capture_output=True)
+    again = {"cnn": sorted((root / "again" / "cnn" / "c4").glob("*.safetensors"))}
+    steps = zoo.get_family("transformer").default_steps(tiny=True)[:3]
+    again["transformer"] = zoo.train("transformer", "d32", steps, root / "again", tiny=True)
+    for name, paths in again.items():
+        assert len(paths) == 3
+        for path in paths:
+            original = root / name / zoo.get_family(name).sizes[0] / path.name
+            assert path.read_bytes() == original.read_bytes(), path
     assert torch.get_num_threads() == threads
     assert torch.are_deterministic_algorithms_enabled() == deterministic
     # a different seed gives different weights

@@ -97,7 +97,9 @@ def save(model: nn.Module | Mapping[str, torch.Tensor], path, meta: Mapping | No
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     meta = dict(meta or {})
     header_meta = {k: v for k, v in meta.items() if k not in VOLATILE_KEYS}
-    header = {"format": "pt", "dead_directions": dumps(header_meta)}
+    # One header key only: safetensors writes its metadata map in hash order, so two keys
+    # would make the bytes differ between processes.
+    header = {"dead_directions": dumps(header_meta)}
     _atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
     text = dumps(meta) + "\n"
     _atomic_write(sidecar_path(path), lambda tmp: tmp.write_text(text))
