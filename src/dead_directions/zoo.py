@@ -32,7 +32,9 @@ class Recipe:
     step ``decay_after`` (None: constant). The schedule depends on the step only, so a
     checkpoint at step s is the same whatever the final step. ``batch_size`` None: full batch;
     ``train_limit`` caps the training set (tiny runs), ``steps`` the default final step
-    and ``checkpoints`` how many log-spaced checkpoints (step 0 included) it gets."""
+    and ``checkpoints`` how many log-spaced checkpoints (step 0 included) it gets.
+    ``eps``/``betas``: AdamW's; ``clip``: gradient-norm clipping (None: off);
+    ``mlp_weight_decay``: a separate weight decay on transformer MLP blocks (``*.mlp.*``)."""
 
     steps: int
     lr: float
