@@ -1,4 +1,4 @@
-"""Exact Fisher block of one layer: bottom eigenvectors by Lanczos on JVP/VJP products."""
+"""Exact Fisher block of one layer: bottom eigenvectors by block Lanczos on JVP/VJP products."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import torch
-from scipy.sparse.linalg import LinearOperator, eigsh
 from torch.func import jvp, vjp
 
 from ..fisher import eval_mode
@@ -47,6 +46,28 @@ class BlockFisher:
         parts = torch.split(t, self.sizes)
         return {k: p.reshape(s) for k, p, s in zip(self.names, parts, self.shapes, strict=True)}
 
+    def matmat(self, vs: np.ndarray) -> np.ndarray:
+        """``F V`` for a block of columns, the columns vmapped through one jvp and vjp."""
+        vs = np.asarray(vs).reshape(self.n, -1)
+        if vs.shape[1] == 1:
+            return self.matvec(vs[:, 0]).reshape(-1, 1)
+        lik = self.ctx.likelihood
+        t = torch.as_tensor(np.ascontiguousarray(vs.T), dtype=torch.float64)  # (m, n)
+        parts = torch.split(t, self.sizes, dim=1)
+        u = {k: p.reshape(-1, *s) for k, p, s in zip(self.names, parts, self.shapes, strict=True)}
+        total = torch.zeros(t.shape, dtype=torch.float64)
+        for f, y, pull in self.pulls:
+
+            def one(ui, f=f, y=y, pull=pull):
+                _, ju = jvp(f, (self.theta,), (ui,))
+                mju, pull_m = vjp(lambda w: lik.whiten(y, w), ju)
+                back = pull(pull_m(mju)[0])[0]
+                return torch.cat([back[k].reshape(-1) for k in self.names])
+
+            total += torch.vmap(one)(u)
+        self.products += t.shape[0]
+        return (total / self.samples).numpy().T
+
     def matvec(self, v: np.ndarray) -> np.ndarray:
         lik = self.ctx.likelihood
         u = self.unflatten(np.asarray(v).reshape(-1))
@@ -60,15 +81,58 @@ class BlockFisher:
         return (total / self.samples).numpy()
 
 
+def _bottom(ctx, layer: str, op: BlockFisher, n: int, k: int):
+    """Bottom ``k`` eigenpairs of F by block Lanczos with full reorthogonalisation.
+
+    Blocks of ``b = k + 2`` columns (vmapped products) build a Krylov basis of at most
+    ``max_products`` (400) columns, or all n (then the answer is exact); Rayleigh–Ritz
+    in that basis gives the eigenpairs. A block method because F's kernels are often
+    exactly degenerate (a LayerNorm kernel per output row; a probe with fewer outputs
+    than parameters): single-vector restarted Lanczos (ARPACK ``eigsh``) finds one
+    vector per start there and does not converge, and LOBPCG stalls on the ill-conditioned
+    rest of the spectrum. Returns (eigenvalues, vectors, λ_max, residuals ‖F x − λ x‖/λ_max).
+    """
+    gen = ctx.generator("fisher_block", layer)
+    b = min(k + 2, n)
+    budget = min(n, max(b, int(ctx.option("fisher_block", "max_products", 400))))
+    q, _ = np.linalg.qr(torch.randn(n, b, generator=gen, dtype=torch.float64).numpy())
+    basis, images, used_cols = [q], [], 0
+    while True:
+        images.append(op.matmat(basis[-1]))
+        used_cols += basis[-1].shape[1]
+        if used_cols >= budget:
+            break
+        w = images[-1]
+        stacked = np.hstack(basis)
+        for _ in range(2):  # full reorthogonalisation, twice is enough
+            w = w - stacked @ (stacked.T @ w)
+        q, r = np.linalg.qr(w)
+        keep = np.abs(np.diag(r)) > 1e-10 * max(1.0, float(np.abs(r).max()))
+        keep[budget - used_cols :] = False
+        if not keep.any():
+            break  # the Krylov space is invariant: the basis holds exact eigenvectors
+        basis.append(q[:, keep])
+    basis = basis[: len(images)]
+    stacked, fstacked = np.hstack(basis), np.hstack(images)
+    small = stacked.T @ fstacked
+    evals, rot = np.linalg.eigh((small + small.T) / 2.0)
+    vecs, fvecs = stacked @ rot, fstacked @ rot
+    top = float(evals[-1])
+    residual = np.linalg.norm(fvecs - vecs * evals, axis=0) / (top if top > 0 else 1.0)
+    return evals, vecs, top, residual
+
+
 @register("fisher_block", local=True)
 def fisher_block(ctx, layer: str):
-    """Bottom eigenvectors of the layer's exact Fisher block by Lanczos (``eigsh`` on a
-    ``LinearOperator`` of directional-Fisher products; F is never materialised).
+    """Bottom eigenvectors of the layer's exact Fisher block by block Lanczos on
+    directional-Fisher products (one jvp and one vjp per column, vmapped over a block; F
+    is never materialised).
 
     The block is over the layer's own parameters (all parameters of an attention module).
     Layers above ``max_params`` (1e5) raise ValueError. No prediction (the read decides);
     ``meta`` has the eigenvalue, its ratio to the largest, the number of products and
-    seconds. Options: ``tol`` (ARPACK, 1e-10), ``maxiter``.
+    seconds, the residual ‖F x − λ x‖/λ_max (0 when the Krylov basis spans the block).
+    Options: ``max_products`` (400), ``max_params`` (1e5).
     """
     module = ctx.modules[layer]
     params = ctx.own_params(layer, recurse=is_attention(module))
@@ -85,20 +149,7 @@ def fisher_block(ctx, layer: str):
     k = min(ctx.limit("fisher_block", 2), n_params)
     with eval_mode(ctx.model):
         op = BlockFisher(ctx, params)
-        if n_params <= max(8, k + 1):
-            # Tiny block: n products give the whole matrix; no Lanczos needed.
-            mat = np.stack([op.matvec(e) for e in np.eye(n_params)], axis=1)
-            evals, evecs = np.linalg.eigh((mat + mat.T) / 2.0)
-            top = float(evals[-1])
-        else:
-            lin = LinearOperator((n_params, n_params), matvec=op.matvec, dtype=np.float64)
-            gen = ctx.generator("fisher_block", layer)
-            v0 = torch.randn(n_params, generator=gen, dtype=torch.float64).numpy()
-            tol = float(ctx.option("fisher_block", "tol", 1e-10))
-            maxiter = ctx.option("fisher_block", "maxiter", None)
-            top = float(eigsh(lin, k=1, which="LA", v0=v0, tol=1e-4, return_eigenvectors=False)[0])
-            ncv = min(n_params, max(2 * k + 1, 24))
-            evals, evecs = eigsh(lin, k=k, which="SA", v0=v0, tol=tol, ncv=ncv, maxiter=maxiter)
+        evals, evecs, top, residual = _bottom(ctx, layer, op, n_params, k)
     order = np.argsort(evals)
     out = []
     for i in order[:k]:
@@ -113,6 +164,7 @@ def fisher_block(ctx, layer: str):
                 order=None,
                 eigenvalue=float(evals[i]),
                 eigenvalue_rel=float(evals[i] / top) if top > 0 else math.nan,
+                residual_rel=float(residual[i]),
                 products=op.products,
                 seconds=timer.seconds,
                 params=n_params,
