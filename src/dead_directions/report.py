@@ -256,6 +256,15 @@ def write_report(
                 f'<figure><img alt="{name}" src="data:image/png;base64,{data}">'
                 f"<figcaption>{html.escape(captions[name])}</figcaption></figure>"
             )
+        # removable parameters (workflow/rules/prune.smk), where its table exists
+        prune_csv = out.parent / "tables" / "prune" / f"{family}.csv"
+        if prune_csv.is_file():
+            from .prune import report_section
+
+            png = folder / "prune_removable.png"
+            extra_md, extra_html = report_section(family, prune_csv, png, out)
+            md += extra_md
+            body += extra_html
     out.write_text("\n".join(md))
     page = out.with_suffix(".html")
     page.write_text(
