@@ -359,3 +359,108 @@ def test_nu_rejects_non_integer_orders():
             dd.nu(bad)
         with pytest.raises(ValueError, match="integer"):
             dd.nu_frozen(bad)
+
+
+# ------------------------------------------------------- full-basis assembly (compare-llc)
+
+
+def _generic_mlp(d_in: int, hidden: int, d_out: int, seed: int):
+    from dead_directions.models import MLP
+
+    gen = torch.Generator().manual_seed(seed)
+    model = MLP(d_in, hidden, d_out, "tanh")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64))
+    x = torch.randn(64, d_in, generator=gen, dtype=torch.float64)
+    return model, x
+
+
+def test_full_basis_of_a_regular_model_assembles_d_over_2():
+    """A generic tanh MLP (full-rank Jacobian on 64 inputs) is regular: λ = d/2, m = 1."""
+    from dead_directions.llc_compare import full_basis_reads
+
+    model, x = _generic_mlp(3, 2, 2, seed=1)
+    d = sum(p.numel() for p in model.parameters())
+    assert d == 14
+    # Independently: the output Jacobian (64·2 × 14) has full column rank.
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    names = [k for k, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+
+    def f(v):
+        parts = torch.split(v, [math.prod(s) for s in shapes])
+        state = {k: c.reshape(s) for k, c, s in zip(names, parts, shapes, strict=True)}
+        return torch.func.functional_call(model, state, (x,)).reshape(-1)
+
+    jac = torch.autograd.functional.jacobian(f, flat)
+    assert torch.linalg.matrix_rank(jac).item() == d
+    reads, a = full_basis_reads(model, x)
+    assert [r.kind for r in reads] == ["regular"] * d
+    assert a.exact and a.lam_exact == Fraction(d, 2) and a.m == 1
+    assert a.lam_exact == dd.regular_lambda(d)[0]
+
+
+@pytest.mark.parametrize("fully_dead", [False, True])
+def test_full_basis_with_a_planted_dead_unit(fully_dead):
+    """Unit 0 of a 3 → 3 → 2 tanh MLP planted dead: outgoing weights 0 (its 3 incoming
+    weights and bias move nothing: 4 gauges), and with ``fully_dead`` incoming weights and
+    bias 0 too (then its 2 outgoing weights move nothing either: 6 gauges). Every other
+    direction is live: λ = (d − #gauges)/2 = 8 resp. 7."""
+    from dead_directions.assembly_cells import full_basis
+    from dead_directions.llc_compare import full_basis_reads
+
+    model, x = _generic_mlp(3, 3, 2, seed=2)
+    with torch.no_grad():
+        model.fc2.weight[:, 0] = 0.0
+        if fully_dead:
+            model.fc1.weight[0] = 0.0
+            model.fc1.bias[0] = 0.0
+    d = sum(p.numel() for p in model.parameters())
+    assert d == 20
+    reads, a = full_basis_reads(model, x)
+    dead = 6 if fully_dead else 4
+    kinds = [r.kind for r in reads]
+    assert kinds.count("gauge") == dead and kinds.count("regular") == d - dead, kinds
+    assert a.lam_exact == Fraction(d - dead, 2) and a.m == 1
+    # The gauges are the dead unit's own coordinates (a basis of the span of them).
+    basis = full_basis(model, x)
+    own = torch.zeros(d, dtype=torch.bool)
+    own[[0, 1, 2, 9]] = True  # fc1.weight row 0 (flattened), fc1.bias[0]
+    if fully_dead:
+        own[[12, 15]] = True  # fc2.weight column 0 (rows of 3)
+    for v, r in zip(basis, reads, strict=True):
+        flat = torch.cat([t.reshape(-1) for t in v.values()])
+        on_dead = float(flat[own].norm())
+        assert (r.kind == "gauge") == (abs(on_dead - 1.0) < 1e-9), (r.kind, on_dead)
+
+
+def test_mlp_zoo_row_without_devinterp(tmp_path):
+    """The compare-llc zoo row of mlp h4 at step 3000: λ = Σ 1/(2k̂) of the full basis.
+
+    Independently: the Fisher spectrum (squared singular values of the output Jacobian
+    over n) of this checkpoint has a gap of four decades (1.0e-4 … 1.8e-8); the directions
+    above it read regular, those below it not, so λ = #{eigenvalues > 1e-6}/2 = 13.
+    """
+    from dead_directions.llc_compare import compare_zoo, zoo_checkpoints
+
+    (ck,) = zoo_checkpoints(("h4",), root=tmp_path)
+    assert (tmp_path / "mlp" / "h4" / "step0003000.safetensors").exists()
+    assert ck.meta["step"] == 3000 and ck.meta["train_loss"] < 1e-4
+    (row,) = compare_zoo([ck], devinterp=False)
+    name, d, counts, closed, assembled, half, _ = row
+    assert (name, d, closed) == ("mlp-h4 step 3000", "30", "—")
+    regular, singular, gauge, unresolved = map(int, counts.split("/"))
+    assert regular + singular + gauge + unresolved == 30 and unresolved == 0
+    assert assembled == f"{regular / 2 + singular / 4:g} (1)"
+    # Independently: rank of the output Jacobian on the probe inputs.
+    model, x = ck.model, ck.probe
+    jac = torch.func.jacrev(lambda p: torch.func.functional_call(model, p, (x,)).reshape(-1))(
+        dict(model.named_parameters())
+    )
+    jac = torch.cat([j.reshape(j.shape[0], -1) for j in jac.values()], dim=1)
+    eig = torch.linalg.svdvals(jac) ** 2 / len(x)
+    live = int((eig > 1e-6).sum())
+    assert eig[live - 1] > 5e-5 and eig[live] < 5e-8  # the gap
+    assert regular == live == 26 and singular == 0 and assembled == "13 (1)"
+    assert 0 < float(half) <= regular / 2
