@@ -106,3 +106,42 @@ def test_figures_and_report_are_written(summary, tmp_path):
     n_dirs = sum(len(reads_for(k)) for k in CELLS)
     assert f"{len(CELLS)} cells" in text and f"{n_dirs} directions read" in text
     assert html.read_text().count("data:image/png;base64,") == 3
+
+
+def test_lambda_table_per_checkpoint_from_the_stored_orders(summary, tmp_path):
+    """λ per checkpoint (step × size) = Σ 1/(2k) of the orders stored in the zarr store
+    (gauges k = ∞ → 0, unresolved NaN left out) = ``dd.assemble`` of them; the Markdown
+    table says so and states its assumptions."""
+    import dead_directions as dd
+    from dead_directions import store
+
+    path, frame = summary
+    ds = store.open(path)
+    aggregate.write_tables(frame, tmp_path)
+    csv = pd.read_csv(tmp_path / "mlp" / "lam_sum.csv", index_col=[0, 1])
+    text = (tmp_path / "mlp.md").read_text()
+    section = text.split("## lam_sum: ")[1].split("\n## ")[0]
+    assert section.startswith("λ per checkpoint, assembled over the read directions")
+    for phrase in (
+        "independent",
+        "gauges (k̂ = ∞) contribute 0",
+        "unresolved reads are left out",
+        "lower bound",
+        "only the read directions count",
+    ):
+        assert phrase in section, phrase
+    table_rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+        for line in section.splitlines()
+        if line.startswith("|") and line.split("|")[1].strip().isdigit()
+    }
+    assert sorted(table_rows, key=int) == ["0", "10", "20"]
+    for size_index, size in enumerate(("m", "s")):
+        for step in (0, 10, 20):
+            cell = ds.sel(family="mlp", size=size, step=step)
+            orders = cell["order"].values[cell["label"].values != ""]
+            want = sum(0.0 if np.isinf(k) else 1 / (2 * k) for k in orders if not np.isnan(k))
+            pairs = [(f"u{i}", k) for i, k in enumerate(orders) if not np.isnan(k)]
+            assert dd.assemble(pairs).lam_measured == pytest.approx(want, rel=1e-12)
+            assert csv.loc[("all", step), size] == pytest.approx(want, rel=1e-12)
+            assert table_rows[str(step)][size_index] == f"{want:.2f}"

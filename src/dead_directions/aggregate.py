@@ -44,8 +44,23 @@ METRICS: Mapping[str, str] = {
     "order_min": "smallest k̂",
     "order_max": "largest k̂",
     "recovery": "recovery rate: reads matching their prediction / predicted directions",
-    "lam_sum": "summed λ_u = Σ 1/(2k̂) over resolved directions (gauges 0)",
+    "lam_sum": "λ per checkpoint, assembled over the read directions: Σ_u 1/(2k̂_u)",
 }
+
+#: The assumptions under which ``lam_sum`` is the checkpoint's learning coefficient λ
+#: (METHOD §6); printed above every λ table.
+LAMBDA_ASSUMPTIONS = (
+    "λ = Σ_u 1/(2k̂_u) over the directions read at the checkpoint (all layers pooled), "
+    "from the measured orders k̂_u — `dd.assemble` of the resolved reads, `loci=None`, measured "
+    "path. Assumptions: (1) the read directions are independent (sum type, K = Σ_u K_u "
+    "in disjoint coordinates; no normal crossings declared), so their λ_u add; (2) gauges "
+    "(k̂ = ∞) contribute 0, and unresolved reads are left out (their count is "
+    "n_unresolved); (3) flat prior (h = 0); (4) only the read directions count: the sweep "
+    "reads the detectors' directions (at most max_directions per layer), not a basis of "
+    "parameter space, so under (1) this is a lower bound on the checkpoint's λ unless the "
+    "read directions span its singular structure and its live directions (½ each; a "
+    "regular model of d parameters has λ = d/2)."
+)
 
 
 IN_PROCESS = ("threads", "synchronous")
@@ -214,7 +229,10 @@ def write_tables(frame, out_dir: str | os.PathLike) -> list[Path]:
             path = fam_dir / f"{metric}.csv"
             wide.to_csv(path)
             written.append(path)
-            lines += [f"## {metric}: {meaning}", "", markdown(parts[POOLED], metric), ""]
+            lines += [f"## {metric}: {meaning}", ""]
+            if metric == "lam_sum":
+                lines += [LAMBDA_ASSUMPTIONS, ""]
+            lines += [markdown(parts[POOLED], metric), ""]
         per_layer = ["## order_median per layer", ""]
         for layer in layers[1:]:
             per_layer += [

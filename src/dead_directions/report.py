@@ -12,7 +12,16 @@ from pathlib import Path
 import numpy as np
 
 from . import store
-from .aggregate import METRICS, POOLED, format_value, markdown, natural_key, size_order, table
+from .aggregate import (
+    LAMBDA_ASSUMPTIONS,
+    METRICS,
+    POOLED,
+    format_value,
+    markdown,
+    natural_key,
+    size_order,
+    table,
+)
 
 KIND_COLOURS = {
     "regular": "#1f77b4",
@@ -88,7 +97,7 @@ def counts_lambda(frame, family: str, path: str | os.PathLike) -> Path:
     panels = (
         ("n_dead", "dead directions (singular + gauge)"),
         ("n_singular", "singular directions"),
-        ("lam_sum", "summed λ_u of read directions"),
+        ("lam_sum", "λ = Σ 1/(2k̂) of the read directions"),
     )
     for ax, (metric, label) in zip(axes, panels, strict=True):
         for size in sizes:
@@ -241,8 +250,12 @@ def write_report(
         body.append(f"<h2>{html.escape(family)}</h2>")
         for metric in REPORT_METRICS:
             wide = table(frame, family, metric)
-            md += [f"**{metric}** — {METRICS[metric]}", "", markdown(wide, metric), ""]
+            md += [f"**{metric}** — {METRICS[metric]}", ""]
             body.append(f"<h3>{html.escape(metric)}: {html.escape(METRICS[metric])}</h3>")
+            if metric == "lam_sum":
+                md += [LAMBDA_ASSUMPTIONS, ""]
+                body.append(f"<p>{html.escape(LAMBDA_ASSUMPTIONS)}</p>")
+            md += [markdown(wide, metric), ""]
             body.append(_html_table(wide, metric))
         folder = Path(figure_dirs.get(family, ""))
         for name in FIGURES:
