@@ -175,6 +175,28 @@ def test_dead_unit_reads_activation_order_plus_one(name, k):
     assert dd.detect(clean, x, detectors=["dead_unit"]) == []
 
 
+@pytest.mark.parametrize("family, size, k", [("vit-compressed", "d16", 2), ("mlp-z2", "h8", 3)])
+def test_dead_unit_finds_node_deaths_at_the_end_of_training(tmp_path, family, size, k):
+    """Issue 4, acceptance 3: the zoo's final checkpoint (full recipe: weight decay drives
+    the excess units to the locus) — dead_unit finds the units that the zoo's independent
+    counter (in-norm × out-norm < 1e-3) calls dead, and each reads order p + 1 within 0.1
+    (GELU p = 1 in the compressed ViT's MLP; z², p = 2)."""
+    from dead_directions import checkpoints, zoo
+
+    fam = zoo.get_family(family)
+    path = zoo.train(family, size, [fam.recipe.steps], tmp_path)[-1]
+    model, meta = checkpoints.load(path, family=family)
+    counted = sum(meta["dead_units"].values())
+    assert counted >= 1, meta["dead_units"]
+    x = fam.probe()
+    dirs = dd.detect(model, x, detectors=["dead_unit"], max_per_layer=32)
+    assert len(dirs) >= counted
+    reads = _reads(model, x, dirs, likelihood=fam.likelihood)
+    for d, r in zip(dirs, reads, strict=True):
+        assert d.predicted_order == k
+        assert r.kind == "singular" and abs(r.order - k) <= 0.1, (d.name, r.kind, r.order)
+
+
 def test_dead_conv_channel_through_pooling_and_flatten():
     model, x = DeadConv(), gaussian(64, 1, 4, 4)
     dirs = dd.detect(model, x, detectors=["dead_unit"])

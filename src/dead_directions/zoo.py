@@ -476,8 +476,9 @@ FAMILIES: dict[str, Family] = {
         probe=_probe_from(lambda: teacher_task("z^2"), 256),
         output=None,
         activation_order=2,
-        description="teacher–student regression with the monomial activation z², student wider",
-        recipe=Recipe(steps=3000, lr=3e-3),
+        description="teacher–student regression with the monomial activation z², student "
+        "wider; weight decay kills the excess units (node death)",
+        recipe=Recipe(steps=3000, lr=3e-3, weight_decay=1.0),
         tiny_recipe=Recipe(steps=300, lr=1e-2, checkpoints=6),
         task=lambda: teacher_task("z^2"),
     ),

@@ -159,8 +159,10 @@ def dead_unit(ctx, layer: str):
 
     Dead: largest |activation| on the probe ≤ ``tol`` (1e-3) × the layer's largest
     (``reason='silent'``), outgoing norm ≤ ``tol`` × the largest (``'zero_outgoing'``), or
-    in-norm × out-norm ≤ ``score_tol`` (1e-2) × the median (``'weak'``, a trained unit
-    decaying towards the locus). The prediction holds at the projected base whatever the
+    in-norm × out-norm ≤ ``score_tol`` (1e-2) × the layer's median or ≤ ``score_atol``
+    (1e-3; parameters are O(1) at initialisation, so this holds when every unit of a
+    layer decays together under weight decay) (``'weak'``, a trained unit decaying towards
+    the locus). The prediction holds at the projected base whatever the
     thresholds; they only choose which units count as dead. ``meta['distance']`` is the
     checkpoint's distance to that base.
 
@@ -168,8 +170,9 @@ def dead_unit(ctx, layer: str):
     unit norm; the incoming part is the unit's own weights unless they keep it silent
     along the ray (a dead ReLU's), in which case a seeded random row whose unit fires on
     the probe data; the outgoing part is its own column unless ~0 (then seeded random).
-    Base: the unit's incoming row, bias and outgoing column set to 0 — the crossing of the
-    two branches of the node-death locus, where the order is p + 1 (METHOD §4). For a
+    Base: the incoming rows, biases and outgoing columns of all the layer's dead units set
+    to 0 — on the crossing of the two branches of each unit's node-death locus, where the
+    order is p + 1 (METHOD §4); shared by the layer's dead-unit directions. For a
     non-homogeneous σ (tanh, GELU) ``scale`` keeps |t·z| ≤ 0.1 for the unit's
     pre-activations z on the whole grid (σ's power law holds there); for a homogeneous σ
     (ReLU, z^p) the law is exact at every t and the grid is left at 1e-4 … 1.
@@ -193,11 +196,25 @@ def dead_unit(ctx, layer: str):
     score = in_sq.sqrt() * out_norm
     silent = act <= tol * act.max().clamp_min(1e-300)
     no_out = out_norm <= tol * out_norm.max().clamp_min(1e-300)
-    weak = score <= score_tol * score.median().clamp_min(1e-300)
+    score_atol = float(ctx.option("dead_unit", "score_atol", 1e-3))
+    weak = (score <= score_tol * score.median().clamp_min(1e-300)) | (score <= score_atol)
     dead = torch.nonzero(silent | no_out | weak).flatten().tolist()
     dead.sort(key=lambda j: (float(score[j]) * float(act[j]), j))
     gen = ctx.generator("dead_unit", layer)
     homogeneous = _homogeneous_degree(uc) is not None
+    # One base for the layer: every dead unit's incoming row, bias and outgoing column set
+    # to 0 (the crossing of all their node-death loci). Projecting only unit j would leave
+    # the other near-dead units as a continuum of tiny units that can absorb unit j's
+    # second-order departure (ρ ≈ 0 by unbounded corrections along near-null J).
+    base = {w_name: torch.zeros_like(w), q_name: torch.zeros_like(q)}
+    if b is not None:
+        base[b_name] = torch.zeros_like(b)
+    for j in dead:
+        base[w_name][j] = -w[j]
+        base[q_name][_out_slice(ctx, uc, j)] = -q[_out_slice(ctx, uc, j)]
+        if b is not None:
+            base[b_name][j] = -b[j]
+    base_distance = math.sqrt(sum(float((v**2).sum()) for v in base.values()))
     out = []
     for j in dead[: ctx.limit("dead_unit", 8)]:
         w_in = w[j].clone()
@@ -214,14 +231,9 @@ def dead_unit(ctx, layer: str):
         vec = {w_name: torch.zeros_like(w), q_name: torch.zeros_like(q)}
         vec[w_name][j] = w_in / n_in
         vec[q_name][_out_slice(ctx, uc, j)] = w_out / n_out
-        base = {w_name: torch.zeros_like(w), q_name: torch.zeros_like(q)}
-        base[w_name][j] = -w[j]
-        base[q_name][_out_slice(ctx, uc, j)] = -q[_out_slice(ctx, uc, j)]
         if b is not None:
             vec[b_name] = torch.zeros_like(b)
             vec[b_name][j] = b_in / n_in
-            base[b_name] = torch.zeros_like(b)
-            base[b_name][j] = -b[j]
         scale = 1.0
         if not homogeneous:
             # unit vector: each half has norm 1/√2, so pre-activations along the ray are
@@ -244,7 +256,8 @@ def dead_unit(ctx, layer: str):
                 reason="silent"
                 if bool(silent[j])
                 else ("zero_outgoing" if bool(no_out[j]) else "weak"),
-                distance=math.sqrt(float(in_sq[j]) + float(out_norm[j]) ** 2),
+                distance=base_distance,
+                dead_units=len(dead),
                 score=float(score[j] / score.median().clamp_min(1e-300)),
                 activation_order=uc.order,
                 seconds=timer.seconds,
