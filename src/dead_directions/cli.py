@@ -14,6 +14,7 @@ COMMAND_MODULES = ["dead_directions.cli", "dead_directions.llc_compare", "dead_d
 COMMAND_MODULES += ["dead_directions.detectors.recovery"]  # detector recovery rates
 COMMAND_MODULES += ["dead_directions.prune"]  # prune read-confirmed dead/duplicate units
 COMMAND_MODULES += ["dead_directions.zoo"]  # train: the model zoo
+COMMAND_MODULES += ["dead_directions.timing"]  # a sweep's time split across rules
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:
