@@ -258,3 +258,65 @@ def test_iter_checkpoints(tmp_path):
     assert [p for _, _, p in listed] == paths
     meta = json.loads(checkpoints.sidecar_path(paths[-1]).read_text())
     assert meta["step"] == 12 and meta["recipe"]["lr"] == zoo.get_family("mlp").tiny_recipe.lr
+
+
+# ------------------------------------------------------------------ pruned checkpoints
+def _planted(name):
+    """A zoo model with planted node deaths (and, for the mlp, a duplicate unit)."""
+    if name == "mlp":
+        model = zoo.get_family("mlp").build("h8", seed=2).eval()
+        with torch.no_grad():
+            model.fc1.weight[3], model.fc1.bias[3] = 0.0, 0.0  # tanh(0) = 0: silent
+            model.fc1.weight[6], model.fc1.bias[6] = 0.0, 0.0
+            model.fc1.weight[5], model.fc1.bias[5] = model.fc1.weight[2], model.fc1.bias[2]
+        return model, "h8", {"fc1": (8, 5)}
+    model = _trained_cnn("c4", seed=2)
+    with torch.no_grad():
+        model.bn1.weight[1], model.bn1.bias[1] = 0.0, -1.0  # ReLU(−1) = 0: channel 1 dead
+        model.bn2.weight[4], model.bn2.bias[4] = 0.0, -1.0
+    return model, "c4", {"bn1": (4, 3), "bn2": (8, 7)}
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_pruned_checkpoint_loads_like_any_and_reads_no_node_death(tmp_path, name):
+    from dead_directions import sweep
+    from dead_directions.prune import PRUNE_DETECTORS, save_pruned
+
+    fam = zoo.get_family(name)
+    model, size, widths = _planted(name)
+    x, xh = fam.probe(n=128, seed=0), fam.probe(n=256, seed=1)
+    kw = {"output": fam.output, "likelihood": fam.likelihood}
+    pruned, report = dd.prune(model, inputs=x, held_out=xh, **kw)
+    assert {lp.layer: (lp.width_before, lp.width_after) for lp in report.layers} == widths
+    meta = {"family": name, "size": size, "step": 9}
+    path = save_pruned(pruned, report, tmp_path / name / size / "step0000009.safetensors", meta)
+    loaded, got = checkpoints.load(path)  # no family given: the sidecar's, narrowed
+    assert got["pruned"]["widths"] == {k: w for k, (_, w) in widths.items()}
+    assert sum(p.numel() for p in loaded.parameters()) == report.params_after
+    with torch.no_grad():
+        y_pruned, y_loaded, y0 = pruned(xh), loaded(xh), model(xh)
+    assert float((y_loaded - y_pruned).abs().max()) <= 1e-12
+    assert float((y_loaded - y0).norm() / y0.norm()) <= 1e-9
+    # the sweep's loader (detect, measure, `read`) takes it as an ordinary checkpoint
+    swept, _ = sweep.load_model(path, name, size)
+    assert torch.equal(swept(xh), y_loaded)
+    # acceptance 3: a second detect + read finds no node death or duplicate left
+    dirs = dd.detect(loaded, x, detectors=list(PRUNE_DETECTORS), max_per_layer=1 << 20, **kw)
+    reads = dd.read_many(loaded, x, dirs, **kw)
+    dead = [r.name for r in reads if r.kind in ("singular", "gauge")]
+    assert dead == []
+    _, again = dd.prune(loaded, reads, dirs, inputs=x, held_out=xh, **kw)
+    assert again.actions == () and again.params_saved == 0
+
+
+def test_pruned_shapes_wider_than_the_build_name_the_tensor(tmp_path):
+    model = zoo.get_family("mlp").build("h8")
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    shapes["fc1.weight"] = [9, 4]  # wider than h4's 4 units
+    path = checkpoints.save(
+        model,
+        tmp_path / "p.safetensors",
+        {"family": "mlp", "size": "h4", "pruned": {"shapes": shapes}},
+    )
+    with pytest.raises(CheckpointError, match=r"fc1\.weight does not fit the built \(4, 4\)"):
+        checkpoints.load(path)

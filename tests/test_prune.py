@@ -168,3 +168,73 @@ def test_cli_prune_writes_a_checkpoint_that_loads_narrower(tmp_path):
     x = zoo.get_family("mlp").task().x_test
     y0, y1 = model(x).detach(), loaded(x).detach()
     assert float((y1 - y0).norm() / y0.norm()) <= 1e-9
+
+
+def test_removable_records_and_tables_are_the_closed_counts(tmp_path):
+    """`removable` per checkpoint, then `prune-tables`: fractions are the closed counts."""
+    import json
+
+    import pandas as pd
+
+    from dead_directions import checkpoints, zoo
+    from dead_directions.cli import main
+
+    records = []
+    for step, dead in ((0, [3]), (10, [3, 6])):
+        model = zoo.build_mlp("h8", seed=1)
+        with torch.no_grad():
+            for u in dead:
+                model.fc1.weight[u], model.fc1.bias[u] = 0.0, 0.0  # tanh(0) = 0: silent
+        src = checkpoints.save(
+            model, tmp_path / f"step{step:07d}.safetensors", {"family": "mlp", "size": "h8"}
+        )
+        out = tmp_path / "prune" / f"step{step:07d}.json"
+        argv = ["removable", str(src), "--family", "mlp", "--step", str(step), "--out", str(out)]
+        assert main([*argv, "--threads", "1"]) == 0
+        rec = json.loads(out.read_text())
+        n = len(dead)
+        # mlp h8: 4 → 8 → 2; a unit is a row of fc1 (4 + 1 bias) and a column of fc2 (2)
+        assert (rec["size"], rec["step"], rec["units_removed"]) == ("h8", step, n)
+        assert (rec["params_before"], rec["params_after"]) == (58, 58 - 7 * n)
+        assert rec["fraction"] == pytest.approx(7 * n / 58, rel=1e-15)
+        layers = {r["layer"]: r for r in rec["layers"]}
+        assert layers["fc1"]["fraction"] == pytest.approx(5 * n / 40, rel=1e-15)
+        assert layers["fc2"]["fraction"] == pytest.approx(2 * n / 18, rel=1e-15)
+        assert layers["fc1"]["removed"] == dead and layers["fc1"]["width_after"] == 8 - n
+        assert rec["metric"] == "loss" and abs(rec["metric_change"]) <= 1e-9
+        records.append(out)
+    paths = {k: tmp_path / "t" / f"mlp.{k}" for k in ("csv", "md", "png")}
+    argv = ["prune-tables", *map(str, records), "--family", "mlp", "--csv", str(paths["csv"])]
+    argv += ["--markdown", str(paths["md"]), "--figure", str(paths["png"])]
+    assert main(argv) == 0
+    frame = pd.read_csv(paths["csv"], dtype={"size": str})
+    pooled = frame[frame["layer"] == "all"].set_index("step")["fraction"]
+    assert pooled.to_dict() == pytest.approx({0: 7 / 58, 10: 14 / 58}, rel=1e-12)
+    fc1 = frame[frame["layer"] == "fc1"].set_index("step")["fraction"]
+    assert fc1.to_dict() == pytest.approx({0: 5 / 40, 10: 10 / 40}, rel=1e-12)
+    text = paths["md"].read_text()
+    assert f"| 10            | {100 * 14 / 58:.2f} % |" in text and "**fc1**" in text
+    assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+    # the report picks the table up beside its own tables folder
+    from dead_directions.prune import report_section
+
+    md, parts = report_section("mlp", paths["csv"], paths["png"], tmp_path / "report.md")
+    assert f"{100 * 7 / 58:.2f} %" in "\n".join(md) and "data:image/png;base64," in parts[-1]
+
+
+def test_bad_removable_inputs_name_the_problem(tmp_path, capsys):
+    from dead_directions.cli import main
+    from dead_directions.prune import load_records
+
+    missing = tmp_path / "missing.safetensors"
+    argv = ["removable", str(missing), "--family", "mlp", "--out", str(tmp_path / "r.json")]
+    assert main(argv) == 2
+    assert f"checkpoint {missing} does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json is not valid JSON"):
+        load_records([tmp_path / "bad.json"])
+    with pytest.raises(ValueError, match="no removable records of family 'cnn'"):
+        from dead_directions.prune import write_prune_tables
+
+        write_prune_tables([], "cnn", *(tmp_path / f"x.{e}" for e in ("csv", "md", "png")))

@@ -308,6 +308,8 @@ def load(
     sidecar's ``family``;
     a Hugging Face directory with none of these is built from its own config. ``size``
     defaults to the sidecar's. ``meta`` is the sidecar (or header) plus ``path``/``format``.
+    A pruned checkpoint (sidecar ``pruned.shapes``, written by ``dead-directions prune``)
+    loads the same way: the built model is narrowed to the saved shapes first.
     Errors: :class:`CheckpointError` naming the file and the mismatching tensor.
     """
     path = Path(path)
@@ -343,6 +345,20 @@ def load(
     except (KeyError, ValueError) as err:
         raise CheckpointError(path, f"{label} cannot build size {size!r} ({err}).") from err
     label = f"{label} size {size!r}" if label != "its Hugging Face config" else label
+    pruned = meta.get("pruned")
+    shapes = pruned.get("shapes") if isinstance(pruned, Mapping) else None
+    if shapes:
+        # a pruned checkpoint (dead_directions.prune.save_pruned): narrow the built model's
+        # Linear/Conv/BatchNorm modules to the saved shapes, then load strictly as usual
+        from .prune import narrow_to_shapes
+
+        if not isinstance(shapes, Mapping):
+            raise CheckpointError(path, "the sidecar's pruned.shapes is not a mapping.")
+        try:
+            model = narrow_to_shapes(model, shapes)
+        except ValueError as err:
+            raise CheckpointError(path, f"cannot narrow {label} ({err}).") from err
+        label = f"pruned {label}"
     load_into(model, state, path, label)
     meta.update(path=str(path), format=fmt)
     return model.eval(), meta

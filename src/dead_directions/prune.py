@@ -655,7 +655,9 @@ def narrow_to_shapes(model: nn.Module, shapes: Mapping[str, Sequence[int]]) -> n
     """Rebuild ``model``'s Linear/Conv/BatchNorm modules to the given state shapes (in place).
 
     The pruned checkpoint's sidecar stores ``pruned.shapes``; building the family at the
-    original size and narrowing it gives a module that loads the pruned state strictly.
+    original size and narrowing it gives a module that loads the pruned state strictly
+    (``dd.checkpoints.load`` does this for every pruned checkpoint). A saved shape wider
+    than the built module raises ``ValueError`` naming the tensor.
     """
     for name, m in list(model.named_modules()):
         if not isinstance(m, nn.Linear | nn.Conv2d | nn.modules.batchnorm._BatchNorm):
@@ -664,6 +666,12 @@ def narrow_to_shapes(model: nn.Module, shapes: Mapping[str, Sequence[int]]) -> n
         if w is None or tuple(w) == tuple(m.weight.shape):
             continue
         w = tuple(int(s) for s in w)
+        have = tuple(m.weight.shape)
+        if len(w) != len(have) or any(a > b for a, b in zip(w, have, strict=True)):
+            raise ValueError(
+                f"pruned shape {w} of {name}.weight does not fit the built {have} (a pruned "
+                "checkpoint only narrows; check the family and size)"
+            )
         new = _slice_out(m, list(range(w[0])))
         if isinstance(m, nn.Linear) and w[1] != m.in_features:
             new.weight, new.in_features = _param(new.weight[:, : w[1]]), w[1]
@@ -674,27 +682,11 @@ def narrow_to_shapes(model: nn.Module, shapes: Mapping[str, Sequence[int]]) -> n
 
 
 def load_pruned(path, family=None, builder=None) -> tuple[nn.Module, dict]:
-    """Load a pruned checkpoint: build the family at its size, narrow it to the sidecar's
-    ``pruned.shapes``, load the state strictly. Unpruned checkpoints load as usual."""
+    """Load a pruned (or ordinary) checkpoint: ``dd.checkpoints.load`` narrows the built
+    model to the sidecar's ``pruned.shapes`` and loads the state strictly."""
     from . import checkpoints
 
-    meta = checkpoints.read_meta(path)
-    shapes = (meta.get("pruned") or {}).get("shapes")
-    if shapes is None:
-        return checkpoints.load(path, family=family, builder=builder)
-    size = meta.get("size")
-    if builder is not None:
-        build, label = checkpoints.get_builder(builder), str(builder)
-    else:
-        from . import zoo
-
-        fam = family if family is not None else meta.get("family")
-        fam = zoo.get_family(fam) if isinstance(fam, str) else fam
-        build, label = fam.build, f"family {fam.name!r}"
-    model = narrow_to_shapes(build(size), shapes)
-    checkpoints.load_into(model, checkpoints.load_state(path), Path(path), f"pruned {label}")
-    meta.update(path=str(path), format="safetensors")
-    return model.eval(), meta
+    return checkpoints.load(path, family=family, builder=builder)
 
 
 def save_pruned(pruned: nn.Module, report: PruneReport, path, meta: Mapping | None = None) -> Path:
@@ -711,22 +703,71 @@ def save_pruned(pruned: nn.Module, report: PruneReport, path, meta: Mapping | No
     return checkpoints.save(pruned, path, meta)
 
 
-# ---------------------------------------------------------------------------------- CLI
-def cmd_prune(args) -> int:
-    """Detect, read and prune one checkpoint; write the pruned checkpoint under ``--out``."""
-    from tabulate import tabulate
+# ------------------------------------------------------------------- one checkpoint
+def layer_fractions(model: nn.Module, pruned: nn.Module, report: PruneReport) -> list[dict]:
+    """Per module with parameters of its own: parameters before/after and the fraction
+    removed; producer layers also carry their widths and the removed/merged units."""
+    by_layer = {lp.layer: lp for lp in report.layers}
+    after = dict(pruned.named_modules())
+    rows = []
+    for name, m in model.named_modules():
+        n0 = _nparams(m)
+        if not n0:
+            continue
+        n1 = _nparams(after[name]) if name in after else 0
+        row = {
+            "layer": name or "_root",
+            "params_before": n0,
+            "params_after": n1,
+            "fraction": (n0 - n1) / n0,
+        }
+        lp = by_layer.get(name)
+        if lp is not None:
+            row.update(
+                width_before=lp.width_before,
+                width_after=lp.width_after,
+                removed=list(lp.removed),
+                merged=[list(x) for x in lp.merged],
+            )
+        rows.append(row)
+    return rows
 
-    from . import zoo
 
-    fam = zoo.get_family(args.family)
-    model, meta = load_pruned(args.checkpoint, family=fam)
-    gen = torch.Generator().manual_seed(args.seed)
+def prune_checkpoint(
+    checkpoint,
+    family: str,
+    *,
+    size: str | None = None,
+    probe: int = 256,
+    seed: int = 0,
+    tolerance: float = 1e-3,
+    metric_tolerance: float = 0.005,
+    score_tol: float | None = None,
+):
+    """Load ``checkpoint`` (any loader path, pruned ones too) and :func:`prune` it.
+
+    Detection and reads use ``probe`` seeded training inputs of the family's task; every
+    action is verified on the task's held-out inputs and labels (the family's own probe,
+    without labels, for a family without a task). Returns ``(model, pruned, report, meta)``.
+    """
+    from . import checkpoints, zoo
+
+    fam = zoo.get_family(family)
+    model, meta = checkpoints.load(checkpoint, family=fam, size=size)
+    for name, value in model.named_parameters():
+        bad = int((~value.detach().isfinite()).sum())
+        if bad:
+            raise ValueError(
+                f"checkpoint {checkpoint}: parameter {name!r} has {bad} NaN or infinite entries; "
+                "the checkpoint is corrupt or training diverged."
+            )
+    gen = torch.Generator().manual_seed(seed)
     if fam.task is not None:
         task = fam.task()
-        idx = torch.randperm(len(task.x_train), generator=gen)[: args.probe]
+        idx = torch.randperm(len(task.x_train), generator=gen)[:probe]
         inputs, held_out, labels = task.x_train[idx], task.x_test, task.y_test
     else:
-        inputs = held_out = fam.probe(args.probe, seed=args.seed)
+        inputs = held_out = fam.probe(probe, seed=seed)
         labels = None
     pruned, report = prune(
         model,
@@ -735,12 +776,49 @@ def cmd_prune(args) -> int:
         labels=labels,
         output=fam.output,
         likelihood=fam.likelihood,
-        tolerance=args.tolerance,
-        metric_tolerance=args.metric_tolerance,
-        seed=args.seed,
-        detect_options=(
-            {"dead_unit": {"score_tol": args.score_tol}} if args.score_tol is not None else None
-        ),
+        tolerance=tolerance,
+        metric_tolerance=metric_tolerance,
+        seed=seed,
+        detect_options=({"dead_unit": {"score_tol": score_tol}} if score_tol is not None else None),
+    )
+    return model, pruned, report, meta
+
+
+def removable_record(model, pruned, report: PruneReport, **labels) -> dict:
+    """The JSON record of one checkpoint's removable parameters (``removable`` command)."""
+    return {
+        **labels,
+        "params_before": report.params_before,
+        "params_after": report.params_after,
+        "fraction": report.removed_fraction,
+        "units_removed": sum(len(lp.removed) for lp in report.layers),
+        "units_merged": sum(len(lp.merged) for lp in report.layers),
+        "output_change": report.output_change,
+        "metric": report.metric,
+        "metric_before": report.metric_before,
+        "metric_after": report.metric_after,
+        "metric_change": report.metric_change,
+        "layers": layer_fractions(model, pruned, report),
+    }
+
+
+# ---------------------------------------------------------------------------------- CLI
+def _prune_options(args) -> dict:
+    return {
+        "probe": args.probe,
+        "seed": args.seed,
+        "tolerance": args.tolerance,
+        "metric_tolerance": args.metric_tolerance,
+        "score_tol": args.score_tol,
+    }
+
+
+def cmd_prune(args) -> int:
+    """Detect, read and prune one checkpoint; write the pruned checkpoint under ``--out``."""
+    from tabulate import tabulate
+
+    model, pruned, report, meta = prune_checkpoint(
+        args.checkpoint, args.family, **_prune_options(args)
     )
     meta = {k: v for k, v in meta.items() if k not in ("path", "format", "pruned")}
     meta["source"] = str(args.checkpoint)
@@ -765,13 +843,222 @@ def cmd_prune(args) -> int:
     return 0
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "prune", help="remove read-confirmed dead units and merge duplicates; write the result"
+def cmd_removable(args) -> int:
+    """The removable fraction of parameters per layer of one checkpoint (JSON record)."""
+    import time
+
+    from . import checkpoints
+
+    started = time.perf_counter()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    path = Path(args.checkpoint)
+    if not path.exists():
+        raise ValueError(f"checkpoint {path} does not exist.")
+    model, pruned, report, meta = prune_checkpoint(
+        path, args.family, size=args.size, **_prune_options(args)
     )
-    p.add_argument("checkpoint", help="checkpoint file (safetensors with sidecar)")
-    p.add_argument("--family", required=True, help="zoo family name")
-    p.add_argument("--out", required=True, help="output directory")
+    record = removable_record(
+        model,
+        pruned,
+        report,
+        family=args.family,
+        size=args.size or str(meta.get("size", "")),
+        step=args.step if args.step is not None else int(meta.get("step", 0) or 0),
+        checkpoint=str(path),
+    )
+    record["options"] = _prune_options(args)
+    record["seconds"] = time.perf_counter() - started
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(checkpoints.dumps(record) + "\n")  # strict JSON: non-finite -> null
+    tmp.replace(out)
+    print(
+        f"{args.family}/{record['size']}/step{record['step']}: "
+        f"{100 * record['fraction']:.2f} % of {record['params_before']} parameters removable "
+        f"({record['units_removed']} units removed, {record['units_merged']} merged) "
+        f"in {record['seconds']:.1f} s -> {out}"
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------- tables
+def load_records(paths: Sequence) -> list[dict]:
+    """The ``removable`` records at ``paths`` (ValueError naming a missing or bad file)."""
+    import json
+
+    out = []
+    for p in paths:
+        p = Path(p)
+        if not p.is_file():
+            raise ValueError(
+                f"removable record {p} does not exist; run `dead-directions removable`."
+            )
+        try:
+            out.append(json.loads(p.read_text()))
+        except ValueError as err:
+            raise ValueError(f"removable record {p} is not valid JSON ({err}).") from err
+    return out
+
+
+def records_frame(records: Sequence[Mapping]):
+    """Long table: one row per (family, size, step, layer), plus ``layer == "all"``."""
+    import pandas as pd
+
+    rows = []
+    for r in records:
+        base = {"family": r["family"], "size": str(r["size"]), "step": int(r["step"])}
+        rows.append(
+            {
+                **base,
+                "layer": "all",
+                "params_before": r["params_before"],
+                "params_after": r["params_after"],
+                "fraction": r["fraction"],
+                "units_removed": r["units_removed"],
+                "units_merged": r["units_merged"],
+                "metric": r["metric"],
+                "metric_before": r["metric_before"],
+                "metric_after": r["metric_after"],
+            }
+        )
+        for lr in r["layers"]:
+            rows.append(
+                {
+                    **base,
+                    "layer": lr["layer"],
+                    "params_before": lr["params_before"],
+                    "params_after": lr["params_after"],
+                    "fraction": lr["fraction"],
+                    "units_removed": len(lr.get("removed", [])),
+                    "units_merged": len(lr.get("merged", [])),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def fraction_table(frame, family: str, layer: str = "all"):
+    """Removable fraction of one family and layer: rows step, columns size."""
+    from .aggregate import size_order
+
+    sub = frame[(frame["family"] == family) & (frame["layer"] == layer)]
+    wide = sub.pivot_table(index="step", columns="size", values="fraction", aggfunc="first")
+    wide = wide.reindex(columns=size_order(family, list(wide.columns)))
+    wide.columns.name = "size"
+    return wide
+
+
+def _pct(v) -> str:
+    return "—" if v is None or v != v else f"{100 * v:.2f} %"
+
+
+def write_prune_tables(records: Sequence[Mapping], family: str, csv, md, figure) -> list[Path]:
+    """``csv`` (long, every layer), ``md`` (step × size tables) and ``figure`` (PNG)."""
+    from tabulate import tabulate
+
+    from .aggregate import size_order
+
+    mine = [r for r in records if r["family"] == family]
+    if not mine:
+        raise ValueError(f"no removable records of family {family!r}.")
+    rank = {s: i for i, s in enumerate(size_order(family, [str(r["size"]) for r in mine]))}
+    frame = records_frame(sorted(mine, key=lambda r: (rank[str(r["size"])], int(r["step"]))))
+    csv, md, figure = Path(csv), Path(md), Path(figure)
+    for p in (csv, md, figure):
+        p.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(csv, index=False)
+    layers = [
+        x
+        for x in dict.fromkeys(frame["layer"])
+        if x != "all" and frame[frame["layer"] == x]["fraction"].max() > 0
+    ]
+
+    def md_table(wide) -> str:
+        rows = [[step, *(_pct(v) for v in row)] for step, row in wide.iterrows()]
+        return tabulate(
+            rows,
+            headers=["step \\ size", *map(str, wide.columns)],
+            tablefmt="github",
+            disable_numparse=True,
+        )
+
+    lines = [
+        f"# {family}: removable parameters across training time and scale",
+        "",
+        "Fraction of parameters `dead-directions prune` removes (read-confirmed node deaths "
+        "removed, duplicate units merged; relative output change ≤ tolerance and the task "
+        "metric within the metric tolerance on held-out data). Rows: training step; "
+        "columns: model size.",
+        "",
+        "**all layers**",
+        "",
+        md_table(fraction_table(frame, family)),
+        "",
+    ]
+    for layer in layers:
+        lines += [f"**{layer}**", "", md_table(fraction_table(frame, family, layer)), ""]
+    if not layers:
+        lines += ["No layer has removable parameters at any checkpoint.", ""]
+    pooled = frame[frame["layer"] == "all"]
+    if pooled["metric"].notna().any():
+        metric = pooled["metric"].dropna().iloc[0]
+        got = {
+            (int(r.step), str(r.size)): (r.metric_before, r.metric_after)
+            for r in pooled.itertuples()
+        }
+        sizes = [str(c) for c in fraction_table(frame, family).columns]
+        rows = [
+            [step]
+            + [
+                f"{got[step, s][0]:.4g} → {got[step, s][1]:.4g}" if (step, s) in got else "—"
+                for s in sizes
+            ]
+            for step in sorted({k[0] for k in got})
+        ]
+        lines += [
+            f"**held-out {metric}, before → after**",
+            "",
+            tabulate(
+                rows, headers=["step \\ size", *sizes], tablefmt="github", disable_numparse=True
+            ),
+            "",
+        ]
+    md.write_text("\n".join(lines))
+    _prune_figure(frame, family, ["all", *layers[:5]], figure)
+    return [csv, md, figure]
+
+
+def _prune_figure(frame, family: str, layers: Sequence[str], path: Path) -> Path:
+    from .report import _plt, _save
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(layers), figsize=(3.6 * len(layers) + 0.6, 3.2), squeeze=False)
+    for ax, layer in zip(axes[0], layers, strict=True):
+        wide = fraction_table(frame, family, layer)
+        for size in wide.columns:
+            col = wide[size].dropna()
+            ax.plot(col.index, 100 * col.values, marker="o", label=str(size))
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlabel("training step")
+        ax.set_title(f"{family}: {layer}", fontsize=9)
+        ax.set_ylim(bottom=0)
+    axes[0][0].set_ylabel("removable parameters (%)")
+    axes[0][0].legend(title="size", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def cmd_prune_tables(args) -> int:
+    """Removable-parameter tables (CSV, Markdown) and figure of one family."""
+    paths = write_prune_tables(
+        load_records(args.records), args.family, args.csv, args.markdown, args.figure
+    )
+    print("\n".join(map(str, paths)))
+    return 0
+
+
+def _prune_args(p) -> None:
     p.add_argument("--probe", type=int, default=256, help="probe inputs for detect and read")
     p.add_argument("--tolerance", type=float, default=1e-3, help="max relative output change")
     p.add_argument(
@@ -784,4 +1071,83 @@ def add_parser(sub) -> None:
         help="dead_unit weak-unit threshold (× the layer's median in·out norm); candidates only",
     )
     p.add_argument("--seed", type=int, default=0)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "prune", help="remove read-confirmed dead units and merge duplicates; write the result"
+    )
+    p.add_argument("checkpoint", help="checkpoint file (safetensors with sidecar)")
+    p.add_argument("--family", required=True, help="zoo family name")
+    p.add_argument("--out", required=True, help="output directory")
+    _prune_args(p)
     p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser(
+        "removable", help="removable fraction of parameters per layer of one checkpoint (JSON)"
+    )
+    p.add_argument("checkpoint", help="checkpoint file")
+    p.add_argument("--family", required=True, help="zoo family name")
+    p.add_argument("--size", default=None, help="size (default: the sidecar's)")
+    p.add_argument("--step", type=int, default=None, help="step (default: the sidecar's)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--out", required=True, help="JSON record to write")
+    _prune_args(p)
+    p.set_defaults(func=cmd_removable)
+
+    p = sub.add_parser(
+        "prune-tables", help="removable parameters across steps and sizes (CSV, Markdown, PNG)"
+    )
+    p.add_argument("records", nargs="+", help="JSON records from `dead-directions removable`")
+    p.add_argument("--family", required=True)
+    p.add_argument("--csv", required=True)
+    p.add_argument("--markdown", required=True)
+    p.add_argument("--figure", required=True)
+    p.set_defaults(func=cmd_prune_tables)
+
+
+# --------------------------------------------------------------------------- report
+def report_section(family: str, csv, figure, out) -> tuple[list[str], list[str]]:
+    """Markdown lines and HTML parts of one family's removable parameters for the report
+    (``dd.report.write_report``); empty when ``csv`` does not exist."""
+    import base64
+    import html
+    import os
+
+    import pandas as pd
+
+    csv, figure = Path(csv), Path(figure)
+    if not csv.is_file():
+        return [], []
+    frame = pd.read_csv(csv, dtype={"family": str, "size": str, "layer": str})
+    wide = fraction_table(frame, family)
+    title = "removable parameters (all layers; `dead-directions removable`)"
+    rows = [[step, *(_pct(v) for v in row)] for step, row in wide.iterrows()]
+    from tabulate import tabulate
+
+    md = [
+        f"**{title}**",
+        "",
+        tabulate(
+            rows,
+            headers=["step \\ size", *map(str, wide.columns)],
+            tablefmt="github",
+            disable_numparse=True,
+        ),
+        "",
+    ]
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in ["step \\ size", *wide.columns])
+    body = "".join(
+        "<tr><th>{}</th>{}</tr>".format(r[0], "".join(f"<td>{html.escape(v)}</td>" for v in r[1:]))
+        for r in rows
+    )
+    parts = [f"<h3>{html.escape(title)}</h3>", f"<table><tr>{head}</tr>{body}</table>"]
+    if figure.is_file():
+        caption = "Removable fraction of parameters vs training step, per size."
+        md += [f"![{caption}]({os.path.relpath(figure, Path(out).parent)})", ""]
+        data = base64.b64encode(figure.read_bytes()).decode()
+        parts.append(
+            f'<figure><img alt="prune_removable" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+    return md, parts
