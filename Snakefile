@@ -24,6 +24,8 @@ include: "workflow/rules/probe.smk"
 include: "workflow/rules/detect.smk"
 include: "workflow/rules/measure.smk"
 include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/prune_common.smk"
+include: "workflow/rules/prune.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -31,3 +33,4 @@ rule all:
     default_target: True
     input:
         final_targets,
+        all_prune,

@@ -198,6 +198,17 @@ def test_tiny_sweep_end_to_end(tiny_run):
         assert png.read_bytes()[:4] == b"\x89PNG"
     report = (tiny_run / "results" / "report.md").read_text()
     assert f"{len(CELLS)} cells" in report and "## mlp" in report
+    # removable parameters per (size, step), and their step × size table
+    pruned = pd.read_csv(tiny_run / "results" / "tables" / "prune" / "mlp.csv", dtype={"size": str})
+    for step in (0, 30):
+        path = tiny_run / "results" / "prune" / "mlp" / "h4" / f"step{step:07d}.json"
+        rec = json.loads(path.read_text())
+        assert rec["fraction"] == 1 - rec["params_after"] / rec["params_before"]
+        assert rec["params_before"] == 4 * 4 + 4 + 2 * 4 + 2  # mlp h4: 4 → 4 → 2
+        row = pruned[(pruned["step"] == step) & (pruned["layer"] == "all")]
+        assert float(row["fraction"].item()) == pytest.approx(rec["fraction"], abs=1e-15)
+    png = tiny_run / "results" / "figures" / "mlp" / "prune_removable.png"
+    assert png.read_bytes()[:4] == b"\x89PNG" and "removable parameters" in report
     assert "data:image/png;base64," in (tiny_run / "results" / "report.html").read_text()
 
 
@@ -265,8 +276,9 @@ def test_extending_the_sweep_runs_only_new_jobs_and_keeps_old_cells(tiny_run, tm
         for layer in ("fc1", "fc2"):
             w = f"family=mlp, size={size}, step={step}, layer={layer}"
             want |= {("detect", w), ("measure", w)}
+        want.add(("removable", f"family=mlp, size={size}, step={step}"))
     want |= {("aggregate", ""), ("tables", "family=mlp"), ("figures", "family=mlp")}
-    want |= {("report", ""), ("all", "")}
+    want |= {("prune_tables", "family=mlp"), ("report", ""), ("all", "")}
     assert jobs_run(text) == want
     after = data_chunks(path)
     assert {k: after[k] for k in chunks_before} == chunks_before

@@ -48,6 +48,7 @@ rule report:
         summary=f"{RESULTS}/summary/cells.csv",
         tables=all_tables,
         figures=all_figures,
+        prune=all_prune,
     output:
         markdown=f"{RESULTS}/report.md",
         html=report(

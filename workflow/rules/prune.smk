@@ -1,0 +1,57 @@
+# Prune: the removable fraction of parameters per layer of every (family, size, step)
+# checkpoint (read-confirmed node deaths removed, duplicate units merged, verified on held-out
+# data), then per family a table across training time (rows) and scale (columns) and a figure.
+# Helpers (paths, targets, options): workflow/rules/prune_common.smk.
+
+
+rule removable:
+    input:
+        manifest=manifest,
+    output:
+        f"{RESULTS}/prune/{{family}}/{{size}}/step{{step}}.json",
+    log:
+        "logs/removable/{family}/{size}/step{step}.log",
+    benchmark:
+        "benchmarks/out/removable/{family}/{size}/step{step}.tsv"
+    conda:
+        "../envs/dead-directions.yaml"
+    threads: config["threads"]
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        checkpoint=checkpoint_path,
+        options=prune_args,
+        seed=config["seed"],
+    shell:
+        "dead-directions removable {params.checkpoint} --family {wildcards.family} "
+        "--size {wildcards.size} --step {wildcards.step} {params.options} "
+        "--seed {params.seed} --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule prune_tables:
+    input:
+        prune_table_inputs,
+    output:
+        csv=f"{RESULTS}/tables/prune/{{family}}.csv",
+        markdown=f"{RESULTS}/tables/prune/{{family}}.md",
+        figure=report(
+            f"{RESULTS}/figures/{{family}}/prune_removable.png",
+            caption="../report/prune_removable.rst",
+            category="Figures",
+            subcategory="{family}",
+        ),
+    log:
+        "logs/prune_tables/{family}.log",
+    benchmark:
+        "benchmarks/out/prune_tables/{family}.tsv"
+    conda:
+        "../envs/dead-directions.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "dead-directions prune-tables {input} --family {wildcards.family} "
+        "--csv {output.csv} --markdown {output.markdown} --figure {output.figure} "
+        "> {log} 2>&1"
