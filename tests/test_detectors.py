@@ -385,3 +385,44 @@ def test_recovery_rate_on_the_tiny_zoo(tmp_path, capsys):
     code = main(["recovery", "--root", str(tmp_path), "--family", "mlp-z2", "--probe", "32"])
     printed = capsys.readouterr().out
     assert code == 0 and "relu_rescale" in printed and "rate" in printed
+
+
+def test_config_chooses_detectors_per_layer_type():
+    """The sweep's `detectors:` (schema) → `--detectors LayerType=names` → dd.detect."""
+    import jsonschema
+    import yaml
+
+    from dead_directions.sweep import parse_detectors
+
+    assert parse_detectors(None) is None and parse_detectors([]) is None
+    assert parse_detectors(["dead_unit", "kfac"]) == ["dead_unit", "kfac"]
+    assert parse_detectors(["Linear=dead_unit,kfac", "LayerNorm=layernorm_kernel"]) == {
+        "Linear": ["dead_unit", "kfac"],
+        "LayerNorm": ["layernorm_kernel"],
+    }
+    with pytest.raises(ValueError, match="not both"):
+        parse_detectors(["dead_unit", "Linear=kfac"])
+    with pytest.raises(ValueError, match="once"):
+        parse_detectors(["Linear=kfac", "Linear=random"])
+
+    model, x = dead_mlp("tanh"), gaussian(256, 4)
+    by_type = dd.detect(model, x, detectors=parse_detectors(["Linear=dead_unit"]))
+    by_name = dd.detect(model, x, detectors=["dead_unit"])
+    assert (
+        [d.name for d in by_type]
+        == [d.name for d in by_name]
+        == [
+            "dead_unit:fc1:0",
+            "dead_unit:fc1:1",
+        ]
+    )
+    for a, b in zip(by_type, by_name, strict=True):
+        assert all(torch.equal(a.vector[k], b.vector[k]) for k in a.vector)
+
+    schema = yaml.safe_load(open("workflow/schemas/config.schema.yaml", encoding="utf-8"))
+    family = {"$defs": schema.get("$defs", {}), **schema["properties"]["families"]}
+    ok = {"m": {"sizes": ["h4"], "steps": [0], "detectors": {"Linear": ["dead_unit"]}}}
+    jsonschema.validate(ok, family)
+    for bad in ({"Linear": "dead_unit"}, {"Linear": ["dead unit"]}, {}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({"m": {**ok["m"], "detectors": bad}}, family)

@@ -358,6 +358,29 @@ def detect_cell(
     return cap_directions(found, limit) if limit else (found, 0)
 
 
+def parse_detectors(values: Sequence[str] | None):
+    """``--detectors`` values: detector names (each run at every layer), or entries
+    ``LayerType=name,name`` (a mapping from layer type to names, overriding
+    ``dd.detectors.DEFAULT_BY_LAYER_TYPE`` per type); None or empty: the defaults."""
+    if not values:
+        return None
+    typed = ["=" in v for v in values]
+    if not any(typed):
+        return list(values)
+    if not all(typed):
+        raise ValueError(
+            f"--detectors {' '.join(values)}: give either detector names or LayerType=names "
+            "entries (e.g. Linear=dead_unit,kfac LayerNorm=layernorm_kernel), not both."
+        )
+    mapping: dict[str, list[str]] = {}
+    for v in values:
+        kind, _, names = v.partition("=")
+        if not kind or kind in mapping:
+            raise ValueError(f"--detectors {v!r}: each entry is LayerType=name[,name...], once.")
+        mapping[kind] = [n for n in names.split(",") if n]
+    return mapping
+
+
 def cmd_detect(args) -> int:
     """Run the detectors on one layer of one checkpoint; save the directions."""
     started = time.perf_counter()
@@ -371,7 +394,7 @@ def cmd_detect(args) -> int:
         inputs,
         fam,
         args.layer,
-        detectors=args.detectors or None,
+        detectors=parse_detectors(args.detectors),
         max_per_layer=args.max_per_layer,
         limit=limit,
         seed=args.seed,
@@ -580,7 +603,7 @@ def cmd_read(args) -> int:
             inputs,
             fam,
             layer,
-            detectors=args.detectors or None,
+            detectors=parse_detectors(args.detectors),
             max_per_layer=args.max_per_layer,
             limit=limit,
             seed=args.seed,

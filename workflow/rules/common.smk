@@ -118,8 +118,14 @@ def markers(wildcards):
 def detector_args(wildcards):
     spec = FAMILIES[wildcards.family]
     out = []
-    if spec.get("detectors"):
-        out.append("--detectors " + " ".join(spec["detectors"]))
+    chosen = spec.get("detectors")
+    if isinstance(chosen, dict):  # per layer type: Linear=dead_unit,kfac ...
+        out.append(
+            "--detectors "
+            + " ".join(f"{kind}={','.join(names)}" for kind, names in chosen.items())
+        )
+    elif chosen:
+        out.append("--detectors " + " ".join(chosen))
     if spec.get("max_per_layer"):
         out.append(f"--max-per-layer {spec['max_per_layer']}")
     return " ".join(out)
