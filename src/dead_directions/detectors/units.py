@@ -181,23 +181,13 @@ def dead_unit(ctx, layer: str):
     if uc is None or not (math.isfinite(uc.order) and uc.order >= 1) or uc.sigma is None:
         return []
     timer = Timer()
-    tol = float(ctx.option("dead_unit", "tol", 1e-3))
     w_name, b_name = _in_names(ctx, layer)
     q_name = f"{uc.consumer}.weight"
     if not used(ctx, [w_name, q_name]):
         return []
-    score_tol = float(ctx.option("dead_unit", "score_tol", 1e-2))
     w, q = ctx.params[w_name], ctx.params[q_name]
     b = ctx.params[b_name] if b_name else None
-    act = uc.post.abs().amax(dim=(0, 2))  # (C,)
-    units = act.shape[0]
-    out_norm = torch.stack([q[_out_slice(ctx, uc, j)].norm() for j in range(units)])
-    in_sq = w.reshape(units, -1).pow(2).sum(1) + (b.pow(2) if b is not None else 0.0)
-    score = in_sq.sqrt() * out_norm
-    silent = act <= tol * act.max().clamp_min(1e-300)
-    no_out = out_norm <= tol * out_norm.max().clamp_min(1e-300)
-    score_atol = float(ctx.option("dead_unit", "score_atol", 1e-3))
-    weak = (score <= score_tol * score.median().clamp_min(1e-300)) | (score <= score_atol)
+    act, out_norm, in_sq, score, silent, no_out, weak = _death_evidence(ctx, uc, w, b, q)
     dead = torch.nonzero(silent | no_out | weak).flatten().tolist()
     dead.sort(key=lambda j: (float(score[j]) * float(act[j]), j))
     gen = ctx.generator("dead_unit", layer)
@@ -265,6 +255,24 @@ def dead_unit(ctx, layer: str):
             )
         )
     return out
+
+
+def _death_evidence(ctx, uc: UnitChain, w, b, q):
+    """Per unit of ``uc``, shapes (C,): largest |activation| on the probe, outgoing norm,
+    squared incoming norm (with bias), score = in-norm × out-norm, and the three node-death
+    masks of ``dead_unit`` (silent, zero outgoing, weak) under its options."""
+    tol = float(ctx.option("dead_unit", "tol", 1e-3))
+    score_tol = float(ctx.option("dead_unit", "score_tol", 1e-2))
+    score_atol = float(ctx.option("dead_unit", "score_atol", 1e-3))
+    act = uc.post.abs().amax(dim=(0, 2))
+    units = act.shape[0]
+    out_norm = torch.stack([q[_out_slice(ctx, uc, j)].norm() for j in range(units)])
+    in_sq = w.reshape(units, -1).pow(2).sum(1) + (b.pow(2) if b is not None else 0.0)
+    score = in_sq.sqrt() * out_norm
+    silent = act <= tol * act.max().clamp_min(1e-300)
+    no_out = out_norm <= tol * out_norm.max().clamp_min(1e-300)
+    weak = (score <= score_tol * score.median().clamp_min(1e-300)) | (score <= score_atol)
+    return act, out_norm, in_sq, score, silent, no_out, weak
 
 
 def _silent_along_ray(ctx, uc: UnitChain, j: int, w_in, b_in) -> bool:
@@ -395,7 +403,8 @@ def relu_rescale(ctx, layer: str):
     (in, b, −p·out) is predicted a (curved) gauge, order ∞.
 
     Homogeneity σ(c z) = c^p σ(z) is checked numerically on the composed activation; max
-    and average pooling and flattening between the layers keep it. Dead units are skipped.
+    and average pooling and flattening between the layers keep it. Units ``dead_unit``
+    calls dead (same options) are skipped.
     """
     uc = unit_chain(ctx, layer)
     if uc is None:
@@ -410,11 +419,11 @@ def relu_rescale(ctx, layer: str):
     timer = Timer()
     w, q = ctx.params[w_name], ctx.params[q_name]
     b = ctx.params[b_name] if b_name else None
-    act = uc.post.abs().amax(dim=(0, 2))
-    out_norm = torch.stack([q[_out_slice(ctx, uc, j)].norm() for j in range(act.shape[0])])
-    live = (act > 1e-6 * act.max().clamp_min(1e-300)) & (
-        out_norm > 1e-6 * out_norm.max().clamp_min(1e-300)
-    )
+    # A dead unit sits at the origin of its own parameters, where the rescaling orbit
+    # degenerates: the ray (in, b, −p·out) leaves the node-death locus (order p + 1), so
+    # units that dead_unit calls dead are left to it.
+    act, *_, silent, no_out, weak = _death_evidence(ctx, uc, w, b, q)
+    live = ~(silent | no_out | weak)
     order = torch.randperm(act.shape[0], generator=ctx.generator("relu_rescale", layer))
     units = [int(j) for j in order if bool(live[j])][: ctx.limit("relu_rescale", 2)]
     out = []
