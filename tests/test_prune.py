@@ -171,7 +171,7 @@ def test_cli_prune_writes_a_checkpoint_that_loads_narrower(tmp_path):
 
 
 def test_removable_records_and_tables_are_the_closed_counts(tmp_path):
-    """`removable` per checkpoint, then `prune-tables`: fractions are the closed counts."""
+    """`removable` over a size's steps, then `prune-tables`: fractions are the closed counts."""
     import json
 
     import pandas as pd
@@ -179,22 +179,25 @@ def test_removable_records_and_tables_are_the_closed_counts(tmp_path):
     from dead_directions import checkpoints, zoo
     from dead_directions.cli import main
 
-    records = []
-    for step, dead in ((0, [3]), (10, [3, 6])):
+    items, planted = [], {0: [3], 10: [3, 6]}
+    for step, dead in planted.items():
         model = zoo.build_mlp("h8", seed=1)
         with torch.no_grad():
             for u in dead:
                 model.fc1.weight[u], model.fc1.bias[u] = 0.0, 0.0  # tanh(0) = 0: silent
-        src = checkpoints.save(
-            model, tmp_path / f"step{step:07d}.safetensors", {"family": "mlp", "size": "h8"}
-        )
-        out = tmp_path / "prune" / f"step{step:07d}.json"
-        argv = ["removable", str(src), "--family", "mlp", "--step", str(step), "--out", str(out)]
-        assert main([*argv, "--threads", "1"]) == 0
-        rec = json.loads(out.read_text())
+        meta = {"family": "mlp", "size": "h8", "step": step}
+        src = checkpoints.save(model, tmp_path / f"ckpt{step}.safetensors", meta)
+        items.append(f"{step}={src}" if step else str(src))  # step 0 from the sidecar
+    out = tmp_path / "prune" / "h8.json"
+    argv = ["removable", *items, "--family", "mlp", "--threads", "1", "--out", str(out)]
+    assert main(argv) == 0
+    records = json.loads(out.read_text())
+    assert [r["step"] for r in records] == [0, 10]
+    for rec in records:
+        dead = planted[rec["step"]]
         n = len(dead)
         # mlp h8: 4 → 8 → 2; a unit is a row of fc1 (4 + 1 bias) and a column of fc2 (2)
-        assert (rec["size"], rec["step"], rec["units_removed"]) == ("h8", step, n)
+        assert (rec["size"], rec["units_removed"]) == ("h8", n)
         assert (rec["params_before"], rec["params_after"]) == (58, 58 - 7 * n)
         assert rec["fraction"] == pytest.approx(7 * n / 58, rel=1e-15)
         layers = {r["layer"]: r for r in rec["layers"]}
@@ -202,9 +205,8 @@ def test_removable_records_and_tables_are_the_closed_counts(tmp_path):
         assert layers["fc2"]["fraction"] == pytest.approx(2 * n / 18, rel=1e-15)
         assert layers["fc1"]["removed"] == dead and layers["fc1"]["width_after"] == 8 - n
         assert rec["metric"] == "loss" and abs(rec["metric_change"]) <= 1e-9
-        records.append(out)
     paths = {k: tmp_path / "t" / f"mlp.{k}" for k in ("csv", "md", "png")}
-    argv = ["prune-tables", *map(str, records), "--family", "mlp", "--csv", str(paths["csv"])]
+    argv = ["prune-tables", str(out), "--family", "mlp", "--csv", str(paths["csv"])]
     argv += ["--markdown", str(paths["md"]), "--figure", str(paths["png"])]
     assert main(argv) == 0
     frame = pd.read_csv(paths["csv"], dtype={"size": str})
@@ -227,7 +229,7 @@ def test_bad_removable_inputs_name_the_problem(tmp_path, capsys):
     from dead_directions.prune import load_records
 
     missing = tmp_path / "missing.safetensors"
-    argv = ["removable", str(missing), "--family", "mlp", "--out", str(tmp_path / "r.json")]
+    argv = ["removable", f"5={missing}", "--family", "mlp", "--out", str(tmp_path / "r.json")]
     assert main(argv) == 2
     assert f"checkpoint {missing} does not exist" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()

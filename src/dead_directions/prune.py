@@ -843,49 +843,73 @@ def cmd_prune(args) -> int:
     return 0
 
 
+def _checkpoint_items(items: Sequence[str]) -> list[tuple[int | None, Path]]:
+    """``STEP=PATH`` or ``PATH`` items: ``(step or None, path)``; a missing file fails first."""
+    out = []
+    for item in items:
+        step, sep, path = item.partition("=")
+        if sep and step.isdigit():
+            out.append((int(step), Path(path)))
+        else:
+            out.append((None, Path(item)))
+    for _, path in out:
+        if not path.exists():
+            raise ValueError(f"checkpoint {path} does not exist.")
+    return out
+
+
 def cmd_removable(args) -> int:
-    """The removable fraction of parameters per layer of one checkpoint (JSON record)."""
+    """The removable fraction of parameters per layer of checkpoints: a JSON list with one
+    record per checkpoint at ``--out``. One process for all steps of a size (the workflow's
+    job): the imports cost more than pruning a small model."""
+    import json
     import time
 
     from . import checkpoints
 
-    started = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
-    path = Path(args.checkpoint)
-    if not path.exists():
-        raise ValueError(f"checkpoint {path} does not exist.")
-    model, pruned, report, meta = prune_checkpoint(
-        path, args.family, size=args.size, **_prune_options(args)
-    )
-    record = removable_record(
-        model,
-        pruned,
-        report,
-        family=args.family,
-        size=args.size or str(meta.get("size", "")),
-        step=args.step if args.step is not None else int(meta.get("step", 0) or 0),
-        checkpoint=str(path),
-    )
-    record["options"] = _prune_options(args)
-    record["seconds"] = time.perf_counter() - started
     out = Path(args.out)
+    records = []
+    for step, path in _checkpoint_items(args.checkpoints):
+        started = time.perf_counter()
+        model, pruned, report, meta = prune_checkpoint(
+            path, args.family, size=args.size, **_prune_options(args)
+        )
+        step = step if step is not None else meta.get("step")
+        if step is None:
+            raise ValueError(f"checkpoint {path}: no step in its sidecar; pass STEP={path}.")
+        record = removable_record(
+            model,
+            pruned,
+            report,
+            family=args.family,
+            size=args.size or str(meta.get("size", "")),
+            step=int(step),
+            checkpoint=str(path),
+        )
+        record["options"] = _prune_options(args)
+        record["seconds"] = time.perf_counter() - started
+        records.append(record)
+        print(
+            f"{args.family}/{record['size']}/step{record['step']}: "
+            f"{100 * record['fraction']:.2f} % of {record['params_before']} parameters "
+            f"removable ({record['units_removed']} units removed, {record['units_merged']} "
+            f"merged) in {record['seconds']:.1f} s"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(checkpoints.dumps(record) + "\n")  # strict JSON: non-finite -> null
+    text = json.dumps(checkpoints._clean(records), indent=1, sort_keys=True)  # NaN -> null
+    tmp.write_text(text + "\n")
     tmp.replace(out)
-    print(
-        f"{args.family}/{record['size']}/step{record['step']}: "
-        f"{100 * record['fraction']:.2f} % of {record['params_before']} parameters removable "
-        f"({record['units_removed']} units removed, {record['units_merged']} merged) "
-        f"in {record['seconds']:.1f} s -> {out}"
-    )
+    print(f"{len(records)} records -> {out}")
     return 0
 
 
 # --------------------------------------------------------------------------- tables
 def load_records(paths: Sequence) -> list[dict]:
-    """The ``removable`` records at ``paths`` (ValueError naming a missing or bad file)."""
+    """The ``removable`` records in the files at ``paths`` (each a record or a list of them;
+    ValueError naming a missing or bad file)."""
     import json
 
     out = []
@@ -896,9 +920,10 @@ def load_records(paths: Sequence) -> list[dict]:
                 f"removable record {p} does not exist; run `dead-directions removable`."
             )
         try:
-            out.append(json.loads(p.read_text()))
+            got = json.loads(p.read_text())
         except ValueError as err:
             raise ValueError(f"removable record {p} is not valid JSON ({err}).") from err
+        out += got if isinstance(got, list) else [got]
     return out
 
 
@@ -1084,14 +1109,15 @@ def add_parser(sub) -> None:
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser(
-        "removable", help="removable fraction of parameters per layer of one checkpoint (JSON)"
+        "removable", help="removable fraction of parameters per layer of checkpoints (JSON)"
     )
-    p.add_argument("checkpoint", help="checkpoint file")
+    p.add_argument(
+        "checkpoints", nargs="+", help="STEP=PATH or PATH (step from the sidecar) per checkpoint"
+    )
     p.add_argument("--family", required=True, help="zoo family name")
     p.add_argument("--size", default=None, help="size (default: the sidecar's)")
-    p.add_argument("--step", type=int, default=None, help="step (default: the sidecar's)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--out", required=True, help="JSON record to write")
+    p.add_argument("--out", required=True, help="JSON list of records to write")
     _prune_args(p)
     p.set_defaults(func=cmd_removable)
 

@@ -1,6 +1,7 @@
 # Prune: the removable fraction of parameters per layer of every (family, size, step)
 # checkpoint (read-confirmed node deaths removed, duplicate units merged, verified on held-out
-# data), then per family a table across training time (rows) and scale (columns) and a figure.
+# data; one job per (family, size) over its steps), then per family a table across training
+# time (rows) and scale (columns) and a figure.
 # Helpers (paths, targets, options): workflow/rules/prune_common.smk.
 
 
@@ -8,25 +9,25 @@ rule removable:
     input:
         manifest=manifest,
     output:
-        f"{RESULTS}/prune/{{family}}/{{size}}/step{{step}}.json",
+        f"{RESULTS}/prune/{{family}}/{{size}}.json",
     log:
-        "logs/removable/{family}/{size}/step{step}.log",
+        "logs/removable/{family}/{size}.log",
     benchmark:
-        "benchmarks/out/removable/{family}/{size}/step{step}.tsv"
+        "benchmarks/out/removable/{family}/{size}.tsv"
     conda:
         "../envs/dead-directions.yaml"
     threads: config["threads"]
     resources:
         mem_mb=2000,
-        runtime=30,
+        runtime=60,
     params:
-        checkpoint=checkpoint_path,
+        checkpoints=prune_checkpoints,
         options=prune_args,
         seed=config["seed"],
     shell:
-        "dead-directions removable {params.checkpoint} --family {wildcards.family} "
-        "--size {wildcards.size} --step {wildcards.step} {params.options} "
-        "--seed {params.seed} --threads {threads} --out {output} > {log} 2>&1"
+        "dead-directions removable {params.checkpoints} --family {wildcards.family} "
+        "--size {wildcards.size} {params.options} --seed {params.seed} "
+        "--threads {threads} --out {output} > {log} 2>&1"
 
 
 rule prune_tables:

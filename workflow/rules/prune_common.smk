@@ -3,12 +3,24 @@ PRUNE = config["prune"]
 
 
 def prune_records(family):
-    spec = FAMILIES[family]
+    """The removable records of a family: one file per size, all its steps."""
     return [
-        f"{RESULTS}/prune/{family}/{size}/step{pad(step)}.json"
-        for size in spec["sizes"]
-        for step in spec["steps"]
+        f"{RESULTS}/prune/{family}/{size}.json" for size in FAMILIES[family]["sizes"]
     ]
+
+
+def prune_checkpoints(wildcards):
+    """`STEP=PATH` of every configured step of a (family, size): one job prunes them all
+    (the imports cost more than pruning a small model)."""
+    from types import SimpleNamespace
+
+    items = []
+    for step in sorted(FAMILIES[wildcards.family]["steps"]):
+        cell = SimpleNamespace(
+            family=wildcards.family, size=wildcards.size, step=pad(step)
+        )
+        items.append(f"{step}={checkpoint_path(cell)}")
+    return " ".join(items)
 
 
 def prune_outputs(family):
