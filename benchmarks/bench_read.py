@@ -7,7 +7,10 @@ batch: the time of one full forward pass (no grad), the time per pair of the nai
 the prefix before the layer is recomputed every time), and the time per pair of
 `dd.read_many` (vmapped over all pairs of the layer; includes the reference directions and
 the classification, not ρ). Ratios are measured in this one run, interleaved, minimum of
-repeats. Usage: python benchmarks/bench_read.py [--families transformer vit] [--dirs 8]
+repeats. Times are CPU seconds of this process (``time.process_time``) with torch on
+``--threads`` threads (default 1), so other jobs on a shared machine perturb them far
+less than wall time. Usage:
+python benchmarks/bench_read.py [--families transformer vit] [--dirs 8] [--threads 1]
 """
 
 from __future__ import annotations
@@ -28,9 +31,9 @@ from dead_directions.fisher import iter_batches
 def best_of(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(time.process_time() - start)
     return min(times)
 
 
@@ -113,20 +116,30 @@ def main() -> None:
     parser.add_argument("--dirs", type=int, default=8)
     parser.add_argument("--radii", type=int, default=17)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, float64, CPU")
     rows = []
     for name in args.families:
         rows += bench_family(name, args.dirs, args.radii, args.repeats)
-    naive = [r["naive"] for r in rows]
-    proj = [r["project"] for r in rows]
-    print(
-        f"\nmean over {len(rows)} layers: naive {statistics.mean(naive):.2f}, project "
-        f"{statistics.mean(proj):.2f} forward passes per (direction, radius); "
-        f"max project {max(proj):.2f}; "
-        f"speed-up {statistics.mean(naive) / statistics.mean(proj):.2f}x"
-    )
+    print("\nforward passes per (direction, radius), CPU time, one run:")
+    print(f"{'family':12s} {'layer':32s} {'naive':>7s} {'project':>8s} {'speed-up':>9s}")
+    for r in rows:
+        print(
+            f"{r['family']:12s} {r['layer']:32s} {r['naive']:7.2f} {r['project']:8.2f} "
+            f"{r['naive'] / r['project']:8.2f}x"
+        )
+    groups = [(name, [r for r in rows if r["family"] == name]) for name in args.families]
+    for label, part in [*groups, ("all", rows)]:
+        naive = [r["naive"] for r in part]
+        proj = [r["project"] for r in part]
+        print(
+            f"{label:12s} {'mean over ' + str(len(part)) + ' layers':32s} "
+            f"{statistics.mean(naive):7.2f} {statistics.mean(proj):8.2f} "
+            f"{statistics.mean(naive) / statistics.mean(proj):8.2f}x   max project {max(proj):.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -15,10 +15,13 @@ from .correctability import correctability as _correctability
 from .direction import Direction, as_direction, normalise, validate_offsets
 from .fisher import (
     FunctionalModel,
+    LayerSuffix,
     check_output,
     directional_fisher_sums,
     eval_mode,
     iter_batches,
+    layer_fisher_sums,
+    local_layer,
     prepare_batch,
 )
 from .likelihood import get_likelihood
@@ -109,10 +112,33 @@ class _Group:
     radii: list[np.ndarray]
     refs: list[dict[str, torch.Tensor]]
     ref_radius: float
+    layer: str | None = None
     activation_numel: int | None = None
+    base_theta: dict[str, torch.Tensor] | None = None
+    ts: torch.Tensor | None = None
+    which: torch.Tensor | None = None
     points: dict[str, torch.Tensor] | None = None
     tangents: dict[str, torch.Tensor] | None = None
     sums: torch.Tensor | None = None
+
+    @property
+    def pair_vectors(self) -> list[dict[str, torch.Tensor]]:
+        """The unit vectors that ``which`` indexes: the directions, then the references."""
+        return [*self.vectors, *self.refs]
+
+    def materialise(self) -> None:
+        """Per-pair points ``θ + t u`` and tangents ``u`` for the full-model path."""
+        if self.points is not None:
+            return
+        vectors = self.pair_vectors
+        self.tangents = {
+            k: torch.stack([vectors[j][k] for j in self.which.tolist()]) for k in self.support
+        }
+        self.points = {
+            k: self.base_theta[k].unsqueeze(0)
+            + self.ts.reshape(-1, *([1] * self.base_theta[k].ndim)) * self.tangents[k]
+            for k in self.support
+        }
 
 
 def read(model, inputs, direction, **options) -> Read:
@@ -181,6 +207,8 @@ def read_many(
 
     budget = options.memory_budget or _default_budget(device)
     groups = _make_groups(directions, params, shared_base, grid, options.n_reference, seed)
+    for group in groups:
+        group.layer = local_layer(model, group.support)
 
     first_batch = None
     n_samples = 0
@@ -191,7 +219,12 @@ def read_many(
                 first_batch = batch
             for group in groups:
                 fmodel = FunctionalModel(model, {**params, **group.base}, buffers, output)
-                if group.activation_numel is None:
+                suffix = None
+                if group.layer is not None:
+                    suffix = LayerSuffix.trace(fmodel, batch, group.layer)
+                if suffix is not None:
+                    y = suffix.output
+                elif group.activation_numel is None:
                     y, group.activation_numel = _forward_measuring(fmodel, batch)
                 else:
                     y = fmodel({}, batch)
@@ -201,10 +234,18 @@ def read_many(
                         f"the model's output on batch {index} contains NaN or infinite values "
                         "at the base point; check the checkpoint and the base offsets."
                     )
-                chunk = chunk_size or _auto_chunk(group, y, budget)
-                sums = directional_fisher_sums(
-                    fmodel, lik, batch, group.points, group.tangents, chunk
-                )
+                if suffix is not None:
+                    per_pair = y.element_size() * 4 * suffix.suffix_numel
+                    chunk = chunk_size or _chunk_for(per_pair, len(group.ts), budget)
+                    sums = layer_fisher_sums(
+                        suffix, lik, group.ts, group.which, group.pair_vectors, chunk
+                    )
+                else:
+                    group.materialise()
+                    chunk = chunk_size or _auto_chunk(group, y, budget)
+                    sums = directional_fisher_sums(
+                        fmodel, lik, batch, group.points, group.tangents, chunk
+                    )
                 group.sums = sums if group.sums is None else group.sums + sums
             n_samples += y.shape[0]
 
@@ -301,24 +342,18 @@ def _make_groups(directions, params, shared_base, grid, n_reference, seed) -> li
     for group in groups.values():
         theta = {k: group.base.get(k, params[k]) for k in group.support}
         group.refs = random_directions(theta, group.support, n_reference, seed)
-        ts, us = [], []
-        for vec, rad in zip(group.vectors, group.radii, strict=True):
-            for t in (0.0, *rad):
-                ts.append(t)
-                us.append(vec)
-        for vec in group.refs:
-            for t in (0.0, group.ref_radius):
-                ts.append(t)
-                us.append(vec)
-        group.tangents = {k: torch.stack([u[k] for u in us]) for k in group.support}
-        t = torch.tensor(
-            ts, dtype=theta[group.support[0]].dtype, device=theta[group.support[0]].device
-        )
-        group.points = {
-            k: theta[k].unsqueeze(0) + t.reshape(-1, *([1] * theta[k].ndim)) * group.tangents[k]
-            for k in group.support
-        }
-        # Rate curves are stored as (base, radii...) per direction: put t = 0 first.
+        # Rate curves are stored as (base, radii...) per direction: t = 0 first.
+        ts, which = [], []
+        for j, rad in enumerate(group.radii):
+            ts += [0.0, *rad]
+            which += [j] * (len(rad) + 1)
+        for j in range(len(group.refs)):
+            ts += [0.0, group.ref_radius]
+            which += [len(group.vectors) + j] * 2
+        first = theta[group.support[0]]
+        group.ts = torch.tensor(ts, dtype=first.dtype, device=first.device)
+        group.which = torch.tensor(which, dtype=torch.long, device=first.device)
+        group.base_theta = theta
     return list(groups.values())
 
 
@@ -360,7 +395,10 @@ def _auto_chunk(group: _Group, y: torch.Tensor, budget: int) -> int:
     numel = sum(v[0].numel() for v in group.points.values())
     activations = max(group.activation_numel or 0, y.numel())
     per_pair = y.element_size() * (2 * numel + 4 * activations)
-    n_pairs = next(iter(group.points.values())).shape[0]
+    return _chunk_for(per_pair, len(group.ts), budget)
+
+
+def _chunk_for(per_pair: int, n_pairs: int, budget: int) -> int:
     return int(max(1, min(n_pairs, budget // max(per_pair, 1))))
 
 
