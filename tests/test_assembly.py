@@ -464,3 +464,57 @@ def test_mlp_zoo_row_without_devinterp(tmp_path):
     assert eig[live - 1] > 5e-5 and eig[live] < 5e-8  # the gap
     assert regular == live == 26 and singular == 0 and assembled == "13 (1)"
     assert 0 < float(half) <= regular / 2
+
+
+def test_devinterp_adapter_loss_matches_the_read_fisher_normalisation():
+    """The compare-llc dataset adapter: rows unpack to the original (x, y) (image-shaped
+    inputs, integer tokens), and the Gaussian loss ½‖f − y‖² of a linear model has
+    directional curvature uᵀ∇²L u equal to the read's directional Fisher g(u) = uᵀE[JᵀJ]u,
+    so nβ·L_n is the tempered NLL of the read's likelihood head. Needs `datasets` only."""
+    pytest.importorskip("datasets", reason="the devinterp adapter builds a datasets.Dataset")
+    from dead_directions.llc_compare import _dataset, _loss_fn
+
+    gen = torch.Generator().manual_seed(3)
+    # Round trip of image-shaped float inputs and of integer tokens with class labels.
+    x_img = torch.randn(6, 1, 2, 3, generator=gen, dtype=torch.float64)
+    y_cls = torch.tensor([0, 2, 1, 1, 0, 2])
+    ds, layout = _dataset(x_img, y_cls, "categorical")
+    assert (layout.x_shape, layout.y_width) == ((1, 2, 3), 1)
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x)
+            return torch.zeros(len(x), 3, dtype=torch.float64)
+
+    ids = ds[:]["input_ids"]
+    nll = _loss_fn(layout)(Spy(), ids)
+    assert torch.equal(seen[-1], x_img) and nll.shape == (6, 6)
+    assert torch.allclose(nll[:, 0], torch.full((6,), math.log(3.0), dtype=torch.float64))
+    tokens = torch.tensor([[1, 7, 23], [4, 0, 23]])
+    ds_t, layout_t = _dataset(tokens, torch.tensor([2, 1]), "categorical")
+    _loss_fn(layout_t)(Spy(), ds_t[:]["input_ids"])
+    assert seen[-1].dtype == torch.int64 and torch.equal(seen[-1], tokens)
+    with pytest.raises(ValueError, match="differ in length"):
+        _dataset(x_img, y_cls[:3], "categorical")
+
+    # Gaussian head: curvature of the mean loss along u = the read's g(u) at t = 0.
+    model = torch.nn.Linear(3, 2, dtype=torch.float64)
+    x = torch.randn(40, 3, generator=gen, dtype=torch.float64)
+    y = model(x).detach() + torch.randn(40, 2, generator=gen, dtype=torch.float64)
+    ds_g, layout_g = _dataset(x, y, "gaussian")
+    loss = _loss_fn(layout_g)
+    rows = ds_g[:]["input_ids"]
+    u = {"weight": torch.randn(2, 3, generator=gen, dtype=torch.float64)}
+    norm = math.sqrt(sum(float((v * v).sum()) for v in u.values()))
+    u = {k: v / norm for k, v in u.items()}
+    base = {k: v.detach() for k, v in model.named_parameters()}
+
+    def along(t):
+        p = {**base, "weight": base["weight"] + t * u["weight"]}
+        moved = lambda xx: torch.func.functional_call(model, p, (xx,))  # noqa: E731
+        return loss(moved, rows)[:, 0].mean()
+
+    curvature = torch.func.hessian(along)(torch.tensor(0.0, dtype=torch.float64))
+    r = dd.read(model, x, dd.Direction(name="u", layer="", vector=u))
+    assert float(curvature) == pytest.approx(r.fisher_base, rel=1e-10)
