@@ -497,7 +497,8 @@ def cmd_compare(args) -> int:
             tabulate(rows, headers=headers, tablefmt=args.format, disable_numparse=True),
             "",
         ]
-        for note in _zoo_notes(settings, n_train):
+        notes = _zoo_notes(settings, n_train)
+        for note in notes if devinterp else notes[:1]:
             lines += [note, ""]
     text = "\n".join(lines).rstrip() + "\n"
     print("\n" + text)
