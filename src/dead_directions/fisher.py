@@ -185,6 +185,45 @@ def _layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     return out
 
 
+class _LayerNormOp(torch.autograd.Function):
+    """Fused LayerNorm with constant weight and bias; tangent in closed form,
+    ``ẏ = w ⊙ r (ẋ − mean ẋ − n mean(n ẋ))`` with ``n = (x − μ) r`` the normalised input
+    (``r`` the inverse standard deviation)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, frozen):
+        return torch.native_layer_norm(x, frozen.shape, frozen.weight, frozen.bias, frozen.eps)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.frozen = inputs[1]
+        ctx.save_for_forward(inputs[0], output[1], output[2])
+
+    @staticmethod
+    def jvp(ctx, x_t, _):
+        x, mean, rstd = ctx.saved_tensors
+        frozen = ctx.frozen
+        dims = tuple(range(-len(frozen.shape), 0))
+        n = (x - mean) * rstd
+        mean_t = x_t.mean(dim=dims, keepdim=True)
+        m = (n * x_t).mean(dim=dims, keepdim=True)
+        y_t = (x_t - mean_t - n * m) * rstd
+        if frozen.weight is not None:
+            y_t = y_t * frozen.weight
+        return y_t, mean_t, -rstd * rstd * m
+
+
+class _NormArgs:
+    """A LayerNorm's constant arguments, out of autograd's sight."""
+
+    __slots__ = ("shape", "weight", "bias", "eps")
+
+    def __init__(self, shape, weight, bias, eps):
+        self.shape, self.weight, self.bias, self.eps = shape, weight, bias, eps
+
+
 class _Frozen:
     """Holds a layer's frozen tensors and arguments out of autograd's sight."""
 
@@ -296,10 +335,20 @@ class FrozenWeightMode(TorchFunctionMode):
         super().__init__()
         self.frozen = frozen
 
+    def _layer_norm(self, x, normalized_shape, weight=None, bias=None, eps=1e-5):
+        if not _has_tangent(x):
+            return F.layer_norm(x, normalized_shape, weight, bias, eps)
+        if (weight is None or id(weight) in self.frozen) and (
+            bias is None or id(bias) in self.frozen
+        ):
+            args = _NormArgs(tuple(normalized_shape), weight, bias, eps)
+            return _LayerNormOp.apply(x, args)[0]
+        return _layer_norm(x, normalized_shape, weight, bias, eps)
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.layer_norm:
-            return _layer_norm(*args, **kwargs)
+            return self._layer_norm(*args, **kwargs)
         if func in _MATMULS and len(args) == 2 and not kwargs:
             a, b = args
             if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
@@ -410,6 +459,16 @@ class _UseWatch(TorchFunctionMode):
     def __init__(self, watched: set[int]):
         super().__init__()
         self.watched, self.inside, self.stray = watched, False, False
+
+    def _layer_norm(self, x, normalized_shape, weight=None, bias=None, eps=1e-5):
+        if not _has_tangent(x):
+            return F.layer_norm(x, normalized_shape, weight, bias, eps)
+        if (weight is None or id(weight) in self.frozen) and (
+            bias is None or id(bias) in self.frozen
+        ):
+            args = _NormArgs(tuple(normalized_shape), weight, bias, eps)
+            return _LayerNormOp.apply(x, args)[0]
+        return _layer_norm(x, normalized_shape, weight, bias, eps)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

@@ -1,0 +1,111 @@
+"""The read's layer-local path (suffix after the layer only) against a plain torch.func.jvp
+of the whole network, on zoo transformers, and its fall-back where it cannot apply."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, jvp
+
+import dead_directions as dd
+import dead_directions.zoo  # noqa: F401  (registers dd.zoo)
+from dead_directions.fisher import FunctionalModel, LayerSuffix, local_layer, squared_norms
+from dead_directions.likelihood import get_likelihood
+
+RADII = [1e-3, 1e-2, 1e-1, 1.0]
+
+
+def plain_curve(model, x, u, likelihood):
+    """g(θ + t u; u) at t = 0 and RADII from one jvp of the whole model per radius."""
+    lik = get_likelihood(likelihood)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    norm = torch.sqrt(sum((v * v).sum() for v in u.values()))
+    unit = {k: v / norm for k, v in u.items()}
+    tangent = {k: unit.get(k, torch.zeros_like(v)) for k, v in params.items()}
+    out = []
+    with torch.no_grad():
+        for t in [0.0, *RADII]:
+            point = {k: v + t * tangent[k] for k, v in params.items()}
+            y, dy = jvp(lambda p: functional_call(model, p, (x,)), (point,), (tangent,))
+            out.append(float(squared_norms(lik, y, dy).mean()))
+    return np.array(out)
+
+
+def random_in(model, names, seed):
+    gen = torch.Generator().manual_seed(seed)
+    params = dict(model.named_parameters())
+    return {k: torch.randn(params[k].shape, generator=gen, dtype=torch.float64) for k in names}
+
+
+@pytest.mark.parametrize("family", ["vit", "transformer"])
+def test_layer_path_equals_plain_jvp(family):
+    fam = dd.zoo.get_family(family)
+    model = fam.build(fam.sizes[0]).eval()
+    x = fam.probe(24)
+    layers = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    dirs = []
+    for i, layer in enumerate(layers):
+        assert local_layer(model, (f"{layer}.weight", f"{layer}.bias")) == layer
+        dirs.append(random_in(model, [f"{layer}.weight", f"{layer}.bias"], i))
+    reads = dd.read_many(
+        model,
+        x,
+        dirs,
+        likelihood=fam.likelihood,
+        radii=RADII,
+        batch_size=10,
+        options=dd.ReadOptions(correctability=False),
+    )
+    for u, r in zip(dirs, reads, strict=True):
+        ref = plain_curve(model, x, u, fam.likelihood)
+        got = np.array([r.fisher_base, *r.fisher])
+        np.testing.assert_allclose(got, ref, rtol=1e-12, atol=0)
+
+
+class Tied(nn.Module):
+    """``fc`` used as a module and, again, through its weight: not layer-local."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(5, 5, dtype=torch.float64)
+        self.out = nn.Linear(5, 3, dtype=torch.float64)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.fc(x)) + F.linear(x, self.fc.weight))
+
+
+class Twice(nn.Module):
+    """``fc`` called twice: not layer-local."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(5, 5, dtype=torch.float64)
+        self.out = nn.Linear(5, 3, dtype=torch.float64)
+
+    def forward(self, x):
+        return self.out(self.fc(torch.tanh(self.fc(x))))
+
+
+@pytest.mark.parametrize("make", [Tied, Twice])
+def test_fall_back_when_the_layer_is_not_one_call(make):
+    torch.manual_seed(0)
+    model = make().eval()
+    x = torch.randn(16, 5, dtype=torch.float64)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    assert local_layer(model, ("fc.weight",)) == "fc"
+    fmodel = FunctionalModel(model, params, {})
+    assert LayerSuffix.trace(fmodel, ((x,), {}), "fc") is None
+    u = random_in(model, ["fc.weight"], 0)
+    r = dd.read(model, x, u, radii=RADII, options=dd.ReadOptions(correctability=False))
+    ref = plain_curve(model, x, u, "gaussian")
+    np.testing.assert_allclose([r.fisher_base, *r.fisher], ref, rtol=1e-12, atol=0)
+
+
+def test_local_layer_needs_one_plain_linear_or_conv():
+    fam = dd.zoo.get_family("vit")
+    model = fam.build(fam.sizes[0])
+    assert local_layer(model, ("head.weight",)) == "head"
+    assert local_layer(model, ("head.weight", "patch_embed.weight")) is None
+    assert local_layer(model, ("ln.weight",)) is None  # LayerNorm: not linear in its weight
+    assert local_layer(model, ("pos",)) is None
