@@ -518,3 +518,18 @@ def test_devinterp_adapter_loss_matches_the_read_fisher_normalisation():
     curvature = torch.func.hessian(along)(torch.tensor(0.0, dtype=torch.float64))
     r = dd.read(model, x, dd.Direction(name="u", layer="", vector=u))
     assert float(curvature) == pytest.approx(r.fisher_base, rel=1e-10)
+
+
+def test_nu_table_is_the_quadrature_and_reads_get_it():
+    """NU_TABLE (what the store writes per direction) equals nu(k), k = 1…6."""
+    from dead_directions.assembly import NU_TABLE, nu, nu_of_read
+
+    for k in range(1, 7):
+        value, error = nu(k)
+        assert abs(NU_TABLE[k][0] - value) <= 1e-12 and NU_TABLE[k][1] >= error * 0.5
+    assert nu_of_read("regular", 1.02) == NU_TABLE[1]
+    assert nu_of_read("gauge", math.inf) == (0.0, 0.0)
+    assert nu_of_read("singular", 2.97) == NU_TABLE[3]
+    assert all(math.isnan(v) for v in nu_of_read("singular", 2.5))
+    assert all(math.isnan(v) for v in nu_of_read("singular", 7.0))
+    assert all(math.isnan(v) for v in nu_of_read("unresolved", math.nan))

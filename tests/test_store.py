@@ -12,6 +12,7 @@ import xarray as xr
 from synthetic import PROVENANCE, cell_chunks, chunk_files, keys, reads_for, write
 
 from dead_directions import store
+from dead_directions.assembly import nu_of_read
 from dead_directions.read import DEFAULT_RADII
 
 FORK = multiprocessing.get_context("fork")
@@ -40,6 +41,9 @@ def test_round_trip_labels_values_units_and_provenance(tmp_path):
         assert list(cell["kind"].values[:n]) == [r.kind for r in reads]
         np.testing.assert_array_equal(cell["order"].values[:n], [r.order for r in reads])
         assert np.isnan(cell["order"].values[n:]).all()
+        nus = [nu_of_read(r.kind, r.order) for r in reads]
+        np.testing.assert_array_equal(cell["nu"].values[:n], [v for v, _ in nus])
+        np.testing.assert_array_equal(cell["nu_error"].values[:n], [e for _, e in nus])
         np.testing.assert_array_equal(cell["fisher"].values[:n], [r.fisher for r in reads])
         scale = cell["scale"].values[:n]
         np.testing.assert_allclose(

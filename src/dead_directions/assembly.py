@@ -609,3 +609,35 @@ def nu(k: int, nodes: int = 120) -> tuple[float, float]:
     value, inner = rule(nodes)
     finer, inner_fine = rule(nodes + 40)
     return finer, abs(finer - value) + max(inner, inner_fine)
+
+
+#: ν(k) and its error bound for k = 1…6, as ``nu(k)`` computes them (tests check the
+#: table against the quadrature); the store and reads use it so that a sweep job does not
+#: pay the quadrature (≈ 0.7 s per order).
+NU_TABLE: dict[int, tuple[float, float]] = {
+    1: (0.4999999999999997, 4.9e-13),
+    2: (0.17297326743416006, 3.1e-14),
+    3: (0.27836647439991824, 1.6e-13),
+    4: (0.13785571485693726, 6.8e-14),
+    5: (0.20613524996261368, 1.8e-13),
+    6: (0.11666103237151, 5.9e-14),
+}
+
+
+def nu_of_read(kind: str, order: float, tol: float = 0.1) -> tuple[float, float]:
+    """ν of one read direction and its error bound (dimensionless).
+
+    ``regular``: ν(1) = ½; ``gauge``: 0 (no fluctuation along a symmetry); ``singular``:
+    ν(k) for the integer k within ``tol`` of k̂ (k = 2…6); otherwise NaN (unresolved, or
+    an order that is not an integer k ≤ 6, where ν has no value here).
+    """
+    if kind == "gauge":
+        return 0.0, 0.0
+    if kind == "regular":
+        return NU_TABLE[1]
+    if kind != "singular" or not math.isfinite(order):
+        return math.nan, math.nan
+    k = round(order)
+    if abs(order - k) > tol or k not in NU_TABLE:
+        return math.nan, math.nan
+    return NU_TABLE[k]

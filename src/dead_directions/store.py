@@ -282,6 +282,17 @@ DATA_VARIABLES = (
         "g ≍ t^{2(k−1)}; inf for a gauge, NaN when unresolved",
     ),
     Variable("lam", _CD, "float64", np.nan, "learning coefficient λ_u = 1/(2k̂)", "1"),
+    Variable(
+        "nu",
+        _CD,
+        "float64",
+        np.nan,
+        "singular fluctuation ν(k) of the direction",
+        "1",
+        "regular ½, gauge 0, singular ν(k) for the integer k within 0.1 of k̂ (k ≤ 6), "
+        "else NaN (METHOD §6; dd.assembly.nu)",
+    ),
+    Variable("nu_error", _CD, "float64", np.nan, "numerical error bound of nu", "1"),
     Variable("slope", _CD, "float64", np.nan, "log–log slope of g over the window", "1"),
     Variable(
         "spread",
@@ -604,6 +615,8 @@ def _register(path: Path, key: CellKey) -> tuple[int, dict]:
 
 def _cell_values(reads: Sequence, layout_: Layout, key: CellKey) -> dict[str, np.ndarray]:
     """Arrays for one cell's chunks (shapes without the cell dim), padded to capacity."""
+    from .assembly import nu_of_read
+
     D, R = layout_.max_directions, len(layout_.radii)
     grid = np.asarray(layout_.radii)
     if len(reads) > D:
@@ -637,6 +650,7 @@ def _cell_values(reads: Sequence, layout_: Layout, key: CellKey) -> dict[str, np
         out["kind"][j] = r.kind
         out["order"][j] = r.order
         out["lam"][j] = r.lam
+        out["nu"][j], out["nu_error"][j] = nu_of_read(r.kind, r.order)
         out["slope"][j] = r.slope
         out["spread"][j] = r.spread
         lo, hi = r.window if r.window is not None else (math.nan, math.nan)
