@@ -235,7 +235,8 @@ def read_many(
                         "at the base point; check the checkpoint and the base offsets."
                     )
                 if suffix is not None:
-                    per_pair = y.element_size() * 4 * suffix.suffix_numel
+                    # Only the suffix is batched; its primal and tangent per pair.
+                    per_pair = y.element_size() * 2 * suffix.suffix_numel
                     chunk = chunk_size or _chunk_for(per_pair, len(group.ts), budget)
                     sums = layer_fisher_sums(
                         suffix, lik, group.ts, group.which, group.pair_vectors, chunk
