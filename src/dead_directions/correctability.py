@@ -34,13 +34,23 @@ def correctability(
     eps_flat: float,
     maxiter: int = 200,
     rtol: float = 1e-12,
+    rho_tiny: float = 1e-10,
+    stall: float = 1e-3,
+    stall_window: int = 10,
+    stall_floor: float = 0.5,
 ) -> float:
     """``ρ = min_w ‖M(J w + D²f[u,u])‖ / ‖M D²f[u,u]‖`` on one probe batch.
 
-    ``w`` ranges over the tensors ``u`` touches (a layer-local symmetry's orbit lies in
-    them; letting ``w`` range over a whole large network would make ``J`` onto the
-    probe outputs and every ρ zero). ``M`` is the likelihood's square root metric at the
-    base, so ρ is measured in the Fisher norm. Solved by CGLS on JVP/VJP products.
+    ``w`` ranges over the entries ``u`` moves (its nonzero entries): a symmetry's orbit
+    through the base moves the entries its tangent moves (a unit's rescaling, the
+    attention ``W_Q A, W_K A^{-T}`` orbit), so its second-order departure is corrected
+    there; letting ``w`` range over a whole large network would make ``J`` onto the probe
+    outputs and every ρ zero, and over whole tensors, near-null directions of ``J`` (other
+    units) slow CGLS without changing the decision. ``M`` is the likelihood's square root
+    metric at the base, so ρ is measured in the Fisher norm. Solved by CGLS on JVP/VJP products.
+    CGLS stops at ``maxiter``, at gradient ratio ``rtol``, once ρ ≤ ``rho_tiny``, or when
+    ρ ≥ ``stall_floor`` fell by less than the fraction ``stall`` over the last
+    ``stall_window`` iterations (a gauge's ρ can plateau far below that, then drop).
     ρ ≈ 0: the ray's second-order departure is a first-order move, so the direction
     is tangent to a curved orbit of constant function (gauge). ρ of order 1: genuine.
     Returns NaN where ``D²f[u,u]`` vanishes (per sample, ``‖M D²f‖² ≤ eps_flat · g_ref``):
@@ -55,14 +65,18 @@ def correctability(
     if not math.isfinite(b_sq) or b_sq / n <= eps_flat * g_ref:
         return math.nan
 
+    mask = {k: (v != 0).to(v.dtype) for k, v in u.items()}
+
     def apply(w):
+        w = {k: w[k] * mask[k] for k in w}
         return lik.whiten(y, jvp(lambda q: fmodel(q, batch), (point,), (w,))[1])
 
     _, pull_f = vjp(lambda q: fmodel(q, batch), point)
     _, pull_m = vjp(lambda v: lik.whiten(y, v), torch.zeros_like(y))
 
     def apply_t(r):
-        return pull_f(pull_m(r)[0])[0]
+        grads = pull_f(pull_m(r)[0])[0]
+        return {k: grads[k] * mask[k] for k in grads}
 
     def dot(a, c):
         return sum((a[k] * c[k]).sum() for k in a)
@@ -74,13 +88,24 @@ def correctability(
     p = {k: v.clone() for k, v in s.items()}
     gamma = dot(s, s)
     gamma0 = gamma
+    history = [1.0]  # ‖r_i‖ / ‖b‖: the relative residual after each iteration
     for _ in range(maxiter):
-        if gamma <= rtol**2 * gamma0 or gamma == 0:
+        if gamma <= rtol**2 * gamma0 or gamma == 0 or history[-1] <= rho_tiny:
+            break
+        # Stalled at ρ of order 1: a genuine departure plateaus within a few iterations,
+        # and CGLS's residual never increases, so what is left cannot change the decision.
+        stalled = (
+            history[-1] > (1 - stall) * history[-stall_window]
+            if len(history) > stall_window
+            else False
+        )
+        if stalled and history[-1] >= stall_floor:
             break
         q = apply(p)
         alpha = gamma / (q * q).sum()
         w = {k: w[k] + alpha * p[k] for k in w}
         r = r - alpha * q
+        history.append(float(torch.sqrt((r * r).sum() / b_sq)))
         s = apply_t(r)
         gamma_new = dot(s, s)
         beta = gamma_new / gamma
