@@ -426,3 +426,22 @@ def test_config_chooses_detectors_per_layer_type():
     for bad in ({"Linear": "dead_unit"}, {"Linear": ["dead unit"]}, {}):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate({"m": {**ok["m"], "detectors": bad}}, family)
+
+
+def test_dead_units_share_one_base_through_save_and_load(tmp_path):
+    """All dead units of a layer are projected together; the sweep's directions file keeps
+    that (safetensors refuses shared memory, so it is saved as copies and merged on load)."""
+    from dead_directions.sweep import load_directions, save_directions
+
+    model, x = dead_mlp("z^2"), gaussian(256, 4)
+    dirs = dd.detect(model, x, detectors=["dead_unit"])
+    assert len(dirs) == 2
+    for d in dirs:  # both units 0 and 3 zeroed in every direction's base
+        for j in (0, 3):
+            assert torch.equal(d.base["fc1.weight"][j], -model.fc1.weight[j].detach())
+            assert torch.equal(d.base["fc2.weight"][:, j], -model.fc2.weight[:, j].detach())
+    save_directions(dirs, tmp_path / "d.safetensors")
+    back = load_directions(tmp_path / "d.safetensors")
+    assert back[0].base is back[1].base
+    for a, b in zip(_reads(model, x, dirs), _reads(model, x, back), strict=True):
+        assert a.kind == b.kind == "singular" and a.order == b.order and abs(a.order - 3) < 0.1

@@ -106,10 +106,12 @@ def save_directions(directions, path: str | os.PathLike, info: Mapping | None = 
 
     tensors, records = {}, []
     for i, d in enumerate(directions):
+        # clone: detectors may share tensors between directions (one base per layer), and
+        # safetensors refuses tensors that share memory
         for name, value in d.vector.items():
-            tensors[f"{i:05d}.vector.{name}"] = value.detach().cpu().contiguous()
+            tensors[f"{i:05d}.vector.{name}"] = value.detach().cpu().clone().contiguous()
         for name, value in (d.base or {}).items():
-            tensors[f"{i:05d}.base.{name}"] = value.detach().cpu().contiguous()
+            tensors[f"{i:05d}.base.{name}"] = value.detach().cpu().clone().contiguous()
         records.append(
             {
                 "name": d.name,
@@ -142,11 +144,17 @@ def load_directions(path: str | os.PathLike) -> list:
     with safe_open(str(path), "pt") as fh:
         records = json.loads((fh.metadata() or {})["directions"])
         tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
-    out = []
+    out, bases = [], {}
     for i, rec in enumerate(records):
         prefix_v, prefix_b = f"{i:05d}.vector.", f"{i:05d}.base."
         vector = {k[len(prefix_v) :]: v for k, v in tensors.items() if k.startswith(prefix_v)}
         base = {k[len(prefix_b) :]: v for k, v in tensors.items() if k.startswith(prefix_b)}
+        # equal bases become one object again: dd.read_many streams directions that share
+        # a base object together (one forward pass per batch for all of them)
+        digest = hashlib.sha256()
+        for k in sorted(base):
+            digest.update(k.encode() + base[k].numpy().tobytes())
+        base = bases.setdefault(digest.hexdigest(), base)
         po = rec["predicted_order"]
         out.append(
             Direction(
