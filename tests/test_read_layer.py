@@ -109,3 +109,30 @@ def test_local_layer_needs_one_plain_linear_or_conv():
     assert local_layer(model, ("head.weight", "patch_embed.weight")) is None
     assert local_layer(model, ("ln.weight",)) is None  # LayerNorm: not linear in its weight
     assert local_layer(model, ("pos",)) is None
+
+
+class InPlace(nn.Module):
+    """A recorded output changed in place after its call: the record cannot be replayed."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(5, 5, dtype=torch.float64)
+        self.fc = nn.Linear(5, 5, dtype=torch.float64)
+        self.out = nn.Linear(5, 3, dtype=torch.float64)
+
+    def forward(self, x):
+        h = self.a(x)
+        h += 1.0
+        return self.out(torch.tanh(self.fc(torch.tanh(h))) + h)
+
+
+def test_fall_back_when_a_recorded_tensor_changes_in_place():
+    torch.manual_seed(0)
+    model = InPlace().eval()
+    x = torch.randn(16, 5, dtype=torch.float64)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    assert LayerSuffix.trace(FunctionalModel(model, params, {}), ((x,), {}), "fc") is None
+    u = random_in(model, ["fc.weight", "fc.bias"], 0)
+    r = dd.read(model, x, u, radii=RADII, options=dd.ReadOptions(correctability=False))
+    ref = plain_curve(model, x, u, "gaussian")
+    np.testing.assert_allclose([r.fisher_base, *r.fisher], ref, rtol=1e-12, atol=0)

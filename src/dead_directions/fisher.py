@@ -437,6 +437,18 @@ class _Call:
     kwargs: dict
     output: object = None
     span: int = 1
+    versions: tuple = ()
+
+
+def _versions(tree) -> tuple:
+    """In-place version counters of the tensors in nested tuples, lists and dicts."""
+    if isinstance(tree, torch.Tensor):
+        return (tree._version,)
+    if isinstance(tree, tuple | list):
+        return tuple(v for item in tree for v in _versions(item))
+    if isinstance(tree, Mapping):
+        return tuple(v for item in tree.values() for v in _versions(item))
+    return ()
 
 
 def _same(a, b) -> bool:
@@ -525,6 +537,10 @@ class LayerSuffix:
         targets = [i for i, c in enumerate(self.calls) if c.module is self.target]
         if len(targets) != 1 or watch.stray:
             return None
+        # A recorded tensor changed in place after its call (``h += b``, an in-place
+        # activation on a module's output) cannot be replayed from the record.
+        if any(c.versions != _versions((c.args, c.kwargs, c.output)) for c in self.calls):
+            return None
         (self.index,) = targets
         call = self.calls[self.index]
         if len(call.args) != 1 or call.kwargs or not isinstance(call.output, torch.Tensor):
@@ -585,6 +601,7 @@ class LayerSuffix:
                 record.output = forward(*args, **kwargs)
                 self.watch.inside &= not inside
                 record.span = len(self.calls) - i
+                record.versions = _versions((args, kwargs, record.output))
                 return record.output
             i = self.count
             record = self.calls[i] if self.synced and i < len(self.calls) else None
