@@ -16,6 +16,7 @@ python benchmarks/bench_read.py [--families transformer vit] [--dirs 8] [--threa
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -120,7 +121,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, float64, CPU")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, float64, CPU; "
+        f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}"
+    )
     rows = []
     for name in args.families:
         rows += bench_family(name, args.dirs, args.radii, args.repeats)
@@ -131,6 +135,7 @@ def main() -> None:
             f"{r['family']:12s} {r['layer']:32s} {r['naive']:7.2f} {r['project']:8.2f} "
             f"{r['naive'] / r['project']:8.2f}x"
         )
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
     groups = [(name, [r for r in rows if r["family"] == name]) for name in args.families]
     for label, part in [*groups, ("all", rows)]:
         naive = [r["naive"] for r in part]
