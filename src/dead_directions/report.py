@@ -59,9 +59,10 @@ def order_heatmap(frame, family: str, path: str | os.PathLike) -> Path:
     fig, axes = plt.subplots(
         1,
         len(sizes),
-        figsize=(1.2 + 0.55 * len(steps) * len(sizes) + 1.2, 1.4 + 0.32 * len(layers)),
+        figsize=(1.2 + 0.55 * len(steps) * len(sizes) + 1.2, 2.4 + 0.32 * len(layers)),
         squeeze=False,
         sharey=True,
+        layout="constrained",  # room for the step labels, titles and colour bar
     )
     image = None
     for ax, size in zip(axes[0], sizes, strict=True):
