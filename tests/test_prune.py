@@ -152,6 +152,38 @@ def test_transformer_mlp_hidden_unit_removed():
     assert math.isfinite(report.output_change)
 
 
+def test_a_block_whose_every_unit_died_prunes_to_width_zero(tmp_path):
+    """All hidden units of a ViT MLP silent: the block becomes Linear(d, 0) → Linear(0, d)
+    (its output is fc2's bias), the outputs do not change, the checkpoint round-trips, and
+    every detector runs on the pruned model without finding a node death."""
+    from dead_directions import checkpoints, detectors
+
+    torch.manual_seed(0)
+    model = ViT(dim=8, depth=1, heads=1, hidden=3, image=4, patch=2, classes=3).eval()
+    with torch.no_grad():
+        model.blocks[0].mlp.fc1.weight.zero_()
+        model.blocks[0].mlp.fc1.bias.zero_()  # GELU(0) = 0: every unit silent
+    x, xh = gaussian(32, 1, 4, 4), gaussian(64, 1, 4, 4, seed=1)
+    dirs = dd.detect(model, x, detectors=["dead_unit"], layers=["blocks.0.mlp.fc1"])
+    reads = dd.read_many(model, x, dirs, likelihood="categorical")
+    assert [r.kind for r in reads] == ["singular"] * 3
+    pruned, report = dd.prune(model, reads, dirs, inputs=x, held_out=xh)
+    assert pruned.blocks[0].mlp.fc1.out_features == 0 == pruned.blocks[0].mlp.fc2.in_features
+    assert report.params_saved == 3 * 8 + 3 + 8 * 3
+    assert float((pruned(xh) - model(xh)).norm() / model(xh).norm()) <= 1e-12
+    path = save_pruned(pruned, report, tmp_path / "p.safetensors", {"family": "test"})
+
+    def build(size):
+        return ViT(8, 1, 1, int(size), image=4, patch=2, classes=3)
+
+    loaded, _ = checkpoints.load(path, builder=build, size="3")
+    assert torch.equal(loaded(xh), pruned(xh))
+    for name in detectors.available():
+        found = dd.detect(loaded, x, detectors=[name])
+        assert all(d.layer not in ("blocks.0.mlp.fc1", "blocks.0.mlp.fc2") for d in found)
+        assert not [d for d in found if d.detector == "dead_unit"]
+
+
 def test_cli_prune_writes_a_checkpoint_that_loads_narrower(tmp_path):
     from dead_directions import checkpoints, zoo
     from dead_directions.cli import main

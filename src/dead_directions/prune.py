@@ -327,7 +327,7 @@ def prune(
     likelihood: str = "gaussian",
     tolerance: float = 1e-3,
     metric_tolerance: float = 0.005,
-    min_width: int = 1,
+    min_width: int = 0,
     detect_options: Mapping | None = None,
     order_tol: float = 0.05,
     seed: int = 0,
@@ -351,7 +351,8 @@ def prune(
     rows). Actions are accepted greedily, smallest change first, while the joint relative
     output change stays ≤ ``tolerance`` and, with ``labels``, the task metric on
     ``held_out`` loses at most ``metric_tolerance`` (accuracy: absolute; loss: relative);
-    each layer keeps at least ``min_width`` units. ``detect_options`` go to ``dd.detect``
+    each layer keeps at least ``min_width`` units (0: a block whose every unit died becomes
+    ``Linear(d, 0) → Linear(0, d)``, i.e. only the second bias; detectors skip width 0). ``detect_options`` go to ``dd.detect``
     (e.g. ``{"dead_unit": {"score_tol": 0.5}}``) when it runs here.
 
     Returns ``(pruned_model, PruneReport)``: a deep copy with narrower Linear/Conv/BatchNorm

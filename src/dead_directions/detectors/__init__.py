@@ -142,6 +142,8 @@ def detect(
     for det, anchors in plan.items():
         entry = get(det)
         for anchor in anchors:
+            if _width_zero(modules[anchor]):
+                continue
             for d in entry.fn(ctx, anchor) or []:
                 d = _checked(d, entry, anchor, modules, params)
                 if wanted is not None and d.layer not in wanted:
@@ -155,6 +157,13 @@ def detect(
                     continue  # the same direction reached from another anchor
                 found[d.name] = d
     return list(found.values())
+
+
+def _width_zero(module: nn.Module) -> bool:
+    """A layer pruned to width 0 (a parameter with no entries): no units, no directions.
+    Detectors are not called there (a pruned block whose every unit died keeps a
+    Linear(d, 0) → Linear(0, d) pair that only adds the second bias)."""
+    return any(p.numel() == 0 for p in module.parameters(recurse=False))
 
 
 def _checked(d, entry: Entry, anchor: str, modules, params) -> Direction:

@@ -14,6 +14,9 @@ from .registry import register
 
 
 def _applies(module: nn.Module) -> bool:
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.numel() == 0:
+        return False  # pruned to width 0: no factors
     return isinstance(module, nn.Linear) or (
         isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros"
     )

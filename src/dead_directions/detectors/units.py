@@ -62,8 +62,8 @@ def _units_of(module) -> int:
 
 def _unit_chain(ctx, producer: str) -> UnitChain | None:
     module = ctx.modules.get(producer)
-    if not is_unit_producer(module):
-        return None
+    if not is_unit_producer(module) or _units_of(module) == 0:
+        return None  # not a unit producer, or pruned to width 0
     s = ctx.structure
     calls = s.calls.get(producer, [])
     if len(calls) != 1:
