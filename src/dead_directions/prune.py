@@ -352,8 +352,9 @@ def prune(
     output change stays ≤ ``tolerance`` and, with ``labels``, the task metric on
     ``held_out`` loses at most ``metric_tolerance`` (accuracy: absolute; loss: relative);
     each layer keeps at least ``min_width`` units (0: a block whose every unit died becomes
-    ``Linear(d, 0) → Linear(0, d)``, i.e. only the second bias; detectors skip width 0). ``detect_options`` go to ``dd.detect``
-    (e.g. ``{"dead_unit": {"score_tol": 0.5}}``) when it runs here.
+    ``Linear(d, 0) → Linear(0, d)``, i.e. only the second bias; detectors skip width 0).
+    ``detect_options`` go to ``dd.detect`` (e.g. ``{"dead_unit": {"score_tol": 0.5}}``)
+    when it runs here.
 
     Returns ``(pruned_model, PruneReport)``: a deep copy with narrower Linear/Conv/BatchNorm
     modules (same classes, same architecture); ``model`` itself is not modified.
