@@ -533,3 +533,15 @@ def test_nu_table_is_the_quadrature_and_reads_get_it():
     assert all(math.isnan(v) for v in nu_of_read("singular", 2.5))
     assert all(math.isnan(v) for v in nu_of_read("singular", 7.0))
     assert all(math.isnan(v) for v in nu_of_read("unresolved", math.nan))
+
+
+def test_read_nu_per_direction_on_cells():
+    """Read.nu: ν of the measured order — regular ½, node death z² (k = 3) ν(3), gauge 0."""
+    from dead_directions.assembly import NU_TABLE
+    from dead_directions.cells import read_cells
+
+    cells = {c.name: c for c in read_cells()}
+    assert cells["regular"].read().nu == NU_TABLE[1][0]
+    assert cells["node-death-z^2"].read().nu == NU_TABLE[3][0]
+    assert cells["product-4"].read().nu == NU_TABLE[4][0]
+    assert cells["layernorm-kernel"].read().nu == 0.0

@@ -68,6 +68,14 @@ class Read:
     seconds: float = math.nan
 
     @property
+    def nu(self) -> float:
+        """Singular fluctuation ν(k) of the direction (METHOD §6): regular ½, gauge 0,
+        singular ν(k) for the integer k within 0.1 of k̂ (k ≤ 6), else NaN."""
+        from .assembly import nu_of_read
+
+        return nu_of_read(self.kind, self.order)[0]
+
+    @property
     def matches_prediction(self) -> bool | None:
         """Kind equal to the prediction and, for a finite predicted order, |k̂ − k| ≤ 0.05."""
         if self.predicted_kind is None:

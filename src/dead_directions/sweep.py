@@ -630,11 +630,12 @@ def cmd_read(args) -> int:
                     r.predicted_kind or "—",
                     _fmt(r.predicted_order, 0),
                     _fmt(r.lam),
+                    _fmt(r.nu),
                     _fmt(r.correctability),
                     f"{r.magnitude:.1e}",
                 ]
             )
-    headers = ["layer", "direction", "kind", "k̂", "pred kind", "pred k", "λ", "ρ", "g/g_ref"]
+    headers = ["layer", "direction", "kind", "k̂", "pred kind", "pred k", "λ", "ν", "ρ", "g/g_ref"]
     print(tabulate(rows, headers=headers, tablefmt=args.format))
     seconds = time.perf_counter() - started
     print(f"\n{len(rows)} directions in {len(layers)} layers read in {seconds:.1f} s.")
