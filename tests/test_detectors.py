@@ -440,6 +440,7 @@ def test_dead_units_share_one_base_through_save_and_load(tmp_path):
         for j in (0, 3):
             assert torch.equal(d.base["fc1.weight"][j], -model.fc1.weight[j].detach())
             assert torch.equal(d.base["fc2.weight"][:, j], -model.fc2.weight[:, j].detach())
+    assert dirs[0].base is dirs[1].base  # one object: dd.read_many streams them together
     save_directions(dirs, tmp_path / "d.safetensors")
     back = load_directions(tmp_path / "d.safetensors")
     assert back[0].base is back[1].base

@@ -41,7 +41,9 @@ def direction(
         detector=detector,
         predicted_kind=kind,
         predicted_order=order,
-        base=dict(base) if base else None,
+        # a dict is kept as it is: directions that share a base object (dead_unit's one
+        # base per layer) are streamed together by dd.read_many (grouped by identity)
+        base=(base if isinstance(base, dict) else dict(base)) if base else None,
         scale=scale,
         meta=meta,
     )
