@@ -94,10 +94,8 @@ def correctability(
             break
         # Stalled at ρ of order 1: a genuine departure plateaus within a few iterations,
         # and CGLS's residual never increases, so what is left cannot change the decision.
-        stalled = (
+        stalled = len(history) > stall_window and (
             history[-1] > (1 - stall) * history[-stall_window]
-            if len(history) > stall_window
-            else False
         )
         if stalled and history[-1] >= stall_floor:
             break

@@ -472,16 +472,6 @@ class _UseWatch(TorchFunctionMode):
         super().__init__()
         self.watched, self.inside, self.stray = watched, False, False
 
-    def _layer_norm(self, x, normalized_shape, weight=None, bias=None, eps=1e-5):
-        if not _has_tangent(x):
-            return F.layer_norm(x, normalized_shape, weight, bias, eps)
-        if (weight is None or id(weight) in self.frozen) and (
-            bias is None or id(bias) in self.frozen
-        ):
-            args = _NormArgs(tuple(normalized_shape), weight, bias, eps)
-            return _LayerNormOp.apply(x, args)[0]
-        return _layer_norm(x, normalized_shape, weight, bias, eps)
-
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if not self.inside and not self.stray:

@@ -752,17 +752,11 @@ def prune_checkpoint(
     action is verified on the task's held-out inputs and labels (the family's own probe,
     without labels, for a family without a task). Returns ``(model, pruned, report, meta)``.
     """
-    from . import checkpoints, zoo
+    from . import zoo
+    from .sweep import load_model
 
     fam = zoo.get_family(family)
-    model, meta = checkpoints.load(checkpoint, family=fam, size=size)
-    for name, value in model.named_parameters():
-        bad = int((~value.detach().isfinite()).sum())
-        if bad:
-            raise ValueError(
-                f"checkpoint {checkpoint}: parameter {name!r} has {bad} NaN or infinite entries; "
-                "the checkpoint is corrupt or training diverged."
-            )
+    model, meta = load_model(checkpoint, fam.name, size)  # rejects NaN/inf weights
     gen = torch.Generator().manual_seed(seed)
     if fam.task is not None:
         task = fam.task()
