@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .allocator import retain_freed_memory
 from .correctability import correctability as _correctability
 from .direction import Direction, as_direction, normalise, validate_offsets
 from .fisher import (
@@ -98,6 +99,9 @@ class ReadOptions:
     ``memory_budget``: bytes per vmapped chunk of (direction, radius) pairs; ``None`` takes
     64 MiB on CPU (cache-sized working sets are faster there) and a quarter of the free
     memory on a GPU.
+    ``retain_freed_memory``: on CPU with glibc, keep freed activation memory in the process
+    (:func:`dead_directions.allocator.retain_freed_memory`, process-wide) instead of
+    page-faulting it in again for every chunk.
     """
 
     rate: RateOptions = RateOptions()
@@ -106,6 +110,7 @@ class ReadOptions:
     correctability: bool = True
     curved_gauge_band: float = 0.5
     memory_budget: int | None = None
+    retain_freed_memory: bool = True
 
 
 @dataclass
@@ -214,6 +219,8 @@ def read_many(
     floor = options.rate.floor or default_floor(eps)
 
     budget = options.memory_budget or _default_budget(device)
+    if options.retain_freed_memory and device.type == "cpu":
+        retain_freed_memory()
     groups = _make_groups(directions, params, shared_base, grid, options.n_reference, seed)
     for group in groups:
         group.layer = local_layer(model, group.support)
