@@ -97,8 +97,9 @@ class ReadOptions:
     ``rho_gauge``: ρ at or below this classifies a k̂ ≥ 1.5 ray as a curved gauge.
     ``correctability``: compute ρ for rays that read ``|k̂ − 2| ≤ curved_gauge_band``.
     ``memory_budget``: bytes per vmapped chunk of (direction, radius) pairs; ``None`` takes
-    64 MiB on CPU (cache-sized working sets are faster there) and a quarter of the free
-    memory on a GPU.
+    64 MiB on CPU (cache-sized working sets are faster there; raised to 24 pairs while
+    under 512 MiB, as a call's fixed cost outweighs the cache) and a quarter of the free
+    memory on a GPU; a budget given here is kept to.
     ``retain_freed_memory``: on CPU with glibc, keep freed activation memory in the process
     (:func:`dead_directions.allocator.retain_freed_memory`, process-wide) instead of
     page-faulting it in again for every chunk.
@@ -219,6 +220,7 @@ def read_many(
     floor = options.rate.floor or default_floor(eps)
 
     budget = options.memory_budget or _default_budget(device)
+    min_pairs = 0 if options.memory_budget else MIN_CHUNK_PAIRS
     if options.retain_freed_memory and device.type == "cpu":
         retain_freed_memory()
     groups = _make_groups(directions, params, shared_base, grid, options.n_reference, seed)
@@ -254,13 +256,13 @@ def read_many(
                     # goes: take primal and tangent of a quarter of them as live per pair
                     # (measured on the zoo's vit and transformer: chunks of 4-16 pairs).
                     per_pair = y.element_size() * suffix.suffix_numel // 2
-                    chunk = chunk_size or _chunk_for(per_pair, len(group.ts), budget)
+                    chunk = chunk_size or _chunk_for(per_pair, len(group.ts), budget, min_pairs)
                     sums = layer_fisher_sums(
                         suffix, lik, group.ts, group.which, group.pair_vectors, chunk
                     )
                 else:
                     group.materialise()
-                    chunk = chunk_size or _auto_chunk(group, y, budget)
+                    chunk = chunk_size or _auto_chunk(group, y, budget, min_pairs)
                     sums = directional_fisher_sums(
                         fmodel, lik, batch, group.points, group.tangents, chunk
                     )
@@ -403,7 +405,7 @@ def _forward_measuring(fmodel: FunctionalModel, batch) -> tuple[torch.Tensor, in
     return y, count[0]
 
 
-def _auto_chunk(group: _Group, y: torch.Tensor, budget: int) -> int:
+def _auto_chunk(group: _Group, y: torch.Tensor, budget: int, min_pairs: int) -> int:
     """Pairs per vmapped call so that one call's working set stays near ``budget`` bytes.
 
     Per pair: the batched parameter point and tangent, plus primal and tangent copies of
@@ -413,11 +415,21 @@ def _auto_chunk(group: _Group, y: torch.Tensor, budget: int) -> int:
     numel = sum(v[0].numel() for v in group.points.values())
     activations = max(group.activation_numel or 0, y.numel())
     per_pair = y.element_size() * (2 * numel + 4 * activations)
-    return _chunk_for(per_pair, len(group.ts), budget)
+    return _chunk_for(per_pair, len(group.ts), budget, min_pairs)
 
 
-def _chunk_for(per_pair: int, n_pairs: int, budget: int) -> int:
-    return int(max(1, min(n_pairs, budget // max(per_pair, 1))))
+# Fewer pairs per vmapped call than this pay functorch's per-op cost (tens of ms per call
+# on the zoo's vit) more than they gain from a cache-sized working set.
+MIN_CHUNK_PAIRS = 24
+MAX_CHUNK_BYTES = 1 << 29
+
+
+def _chunk_for(per_pair: int, n_pairs: int, budget: int, min_pairs: int = 0) -> int:
+    """Pairs per vmapped call: ``budget // per_pair``, raised to ``min_pairs`` while a
+    call's working set stays under ``MAX_CHUNK_BYTES``."""
+    per_pair = max(per_pair, 1)
+    chunk = max(budget // per_pair, min(min_pairs, MAX_CHUNK_BYTES // per_pair))
+    return int(max(1, min(n_pairs, chunk)))
 
 
 def _classify(
