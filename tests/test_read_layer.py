@@ -6,11 +6,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, jvp
+from torch.func import functional_call, jvp, vmap
 
 import dead_directions as dd
 import dead_directions.zoo  # noqa: F401  (registers dd.zoo)
-from dead_directions.fisher import FunctionalModel, LayerSuffix, local_layer, squared_norms
+from dead_directions.fisher import (
+    FrozenWeightMode,
+    FunctionalModel,
+    LayerSuffix,
+    local_layer,
+    squared_norms,
+)
 from dead_directions.likelihood import get_likelihood
 
 RADII = [1e-3, 1e-2, 1e-1, 1.0]
@@ -136,3 +142,37 @@ def test_fall_back_when_a_recorded_tensor_changes_in_place():
     r = dd.read(model, x, u, radii=RADII, options=dd.ReadOptions(correctability=False))
     ref = plain_curve(model, x, u, "gaussian")
     np.testing.assert_allclose([r.fisher_base, *r.fisher], ref, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("op", "weight_shape", "input_shape"),
+    [
+        (F.conv2d, (4, 3, 3, 3), (2, 3, 6, 6)),
+        (F.conv2d, (4, 3, 3, 3), (3, 6, 6)),  # unbatched conv input
+        (F.conv1d, (4, 3, 3), (2, 3, 9)),
+        (F.linear, (4, 3), (2, 5, 3)),
+    ],
+)
+def test_frozen_weight_op_under_vmap_equals_plain_jvp(op, weight_shape, input_shape):
+    """The frozen-weight rule's own vmap (mapped axis folded into the batch) gives the
+    same primal and tangent as PyTorch's rules, for mapped and for shared primals."""
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(weight_shape, generator=gen, dtype=torch.float64)
+    b = torch.randn(weight_shape[0], generator=gen, dtype=torch.float64)
+    x = torch.randn(7, *input_shape, generator=gen, dtype=torch.float64)
+    x_t = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+
+    def f(z):
+        return torch.tanh(op(z, w, b))
+
+    def mapped(a, c):
+        return jvp(f, (a,), (c,))
+
+    def shared(c):
+        return jvp(f, (x[0],), (c,))
+
+    want, want_shared = vmap(mapped)(x, x_t), vmap(shared)(x_t)
+    with FrozenWeightMode({id(w), id(b)}):
+        got, got_shared = vmap(mapped)(x, x_t), vmap(shared)(x_t)
+    for g, e in [*zip(got, want, strict=True), *zip(got_shared, want_shared, strict=True)]:
+        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)

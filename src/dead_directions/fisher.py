@@ -238,10 +238,10 @@ class _FrozenWeightOp(torch.autograd.Function):
 
     PyTorch's forward-mode rule for linear/conv materialises a zero tangent for the
     weight and multiplies by it, one wasted matmul per layer; with the weight held as
-    a constant the tangent costs one matmul and the jvp two, the floor.
+    a constant the tangent costs one matmul and the jvp two, the floor. Under ``vmap``
+    the mapped axis joins the batch axes, so a linear with bias stays one ``addmm``
+    (the generated rule splits it into a matmul and a bias add).
     """
-
-    generate_vmap_rule = True
 
     @staticmethod
     def forward(x, frozen):
@@ -255,6 +255,17 @@ class _FrozenWeightOp(torch.autograd.Function):
     def jvp(ctx, x_t, _):
         frozen = ctx.frozen
         return frozen.func(x_t, frozen.weight, None, *frozen.rest)
+
+    @staticmethod
+    def vmap(info, in_dims, x, frozen):
+        if in_dims[0] is None:
+            return _FrozenWeightOp.apply(x, frozen), None
+        x = x.movedim(in_dims[0], 0)
+        # linear maps any leading axes; a conv takes one batch axis (or none, unbatched).
+        if frozen.func is F.linear or x.ndim == frozen.weight.ndim:
+            return _FrozenWeightOp.apply(x, frozen), 0
+        y = _FrozenWeightOp.apply(x.flatten(0, 1), frozen)
+        return y.unflatten(0, x.shape[:2]), 0
 
 
 def _softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -281,7 +292,8 @@ class _SoftmaxOp(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, x_t, _):
         (s,) = ctx.saved_tensors
-        return s * (x_t - (s * x_t).sum(dim=ctx.dim, keepdim=True))
+        weighted = s * x_t
+        return torch.addcmul(weighted, s, weighted.sum(dim=ctx.dim, keepdim=True), value=-1)
 
 
 def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
