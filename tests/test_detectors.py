@@ -29,6 +29,9 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
+CONVERGED = dd.ReadOptions(rho_stop=1e-10)  # ρ by CGLS run to convergence
+
+
 def _reads(model, x, dirs, **kw):
     assert dirs, "expected directions"
     return dd.read_many(model, x, dirs, **kw)
@@ -227,7 +230,7 @@ def test_relu_rescale_is_a_curved_gauge_and_not_for_tanh():
         model = UnitMLP(activation(name))
         dirs = dd.detect(model, x, detectors=["relu_rescale"])
         assert len(dirs) == 2 and all(d.meta["degree"] == {"relu": 1, "z^2": 2}[name] for d in dirs)
-        for r in _reads(model, x, dirs):
+        for r in _reads(model, x, dirs, options=CONVERGED):
             assert r.kind == "gauge" and r.matches_prediction
             assert abs(r.ray_order - 2.0) <= 0.1 and r.correctability <= 1e-6  # curved orbit
     assert dd.detect(UnitMLP(activation("tanh")), x, detectors=["relu_rescale"]) == []
@@ -238,7 +241,7 @@ def test_attention_qk_per_head_orbit_reads_gauge():
     model, x = make("block")
     dirs = dd.detect(model, x, detectors=["attention_qk"])
     assert [d.layer for d in dirs] == ["attn", "attn"] and dirs[0].meta["orbit"] == "heads"
-    for r in _reads(model, x, dirs):
+    for r in _reads(model, x, dirs, options=CONVERGED):
         assert r.kind == "gauge" and r.matches_prediction and r.correctability <= 1e-6
     mlp, xm = make("mlp")
     assert dd.detect(mlp, xm, detectors=["attention_qk"]) == []

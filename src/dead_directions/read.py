@@ -95,6 +95,9 @@ class ReadOptions:
 
     ``n_reference``: random unit directions per tensor set for ``g_ref``.
     ``rho_gauge``: ρ at or below this classifies a k̂ ≥ 1.5 ray as a curved gauge.
+    ``rho_stop``: CGLS for ρ stops once ρ falls to this (its residual never rises again,
+    so the decision against ``rho_gauge`` is made); a curved gauge's stored ρ is then an
+    upper bound, between 0 and ``rho_stop``. 1e-10 runs CGLS to convergence.
     ``correctability``: compute ρ for rays that read ``|k̂ − 2| ≤ curved_gauge_band``.
     ``memory_budget``: bytes per vmapped chunk of (direction, radius) pairs; ``None`` takes
     64 MiB on CPU (cache-sized working sets are faster there; raised to 24 pairs while
@@ -108,6 +111,7 @@ class ReadOptions:
     rate: RateOptions = RateOptions()
     n_reference: int = 8
     rho_gauge: float = 0.05
+    rho_stop: float = 1e-3
     correctability: bool = True
     curved_gauge_band: float = 0.5
     memory_budget: int | None = None
@@ -465,7 +469,15 @@ def _classify(
         # A straight ray leaves a curved orbit at second order, so only k̂ ≈ 2 can be a
         # curved gauge; higher orders are genuine (METHOD §3).
         if options.correctability and abs(rate.order - 2.0) <= options.curved_gauge_band:
-            rho = _correctability(fmodel, lik, first_batch, vector, g_ref=g_ref, eps_flat=eps_flat)
+            rho = _correctability(
+                fmodel,
+                lik,
+                first_batch,
+                vector,
+                g_ref=g_ref,
+                eps_flat=eps_flat,
+                rho_tiny=options.rho_stop,
+            )
         if math.isfinite(rho) and rho <= options.rho_gauge:
             kind, order, lam = "gauge", math.inf, 0.0
             note = "curved gauge: the ray's second-order departure is correctable"
