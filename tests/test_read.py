@@ -5,10 +5,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from detector_models import ConvBN
 from models import make, random_direction
 from torch.func import functional_call, jacrev
 
 import dead_directions as dd
+from dead_directions.correctability import correctability, correctability_many
+from dead_directions.fisher import FunctionalModel
+from dead_directions.likelihood import get_likelihood
 
 
 def explicit_fisher_quadratic(model, x, u, likelihood, shift=None):
@@ -224,3 +228,39 @@ def test_read_on_device_spot_checks_low_precision_against_float64():
     assert none is None and dtype64 == "float64"
     for a, b in zip(reads, reads64, strict=True):
         assert a.fisher_base == pytest.approx(b.fisher_base, rel=1e-4)
+
+
+def test_correctability_many_equals_one_direction_at_a_time():
+    """The vmapped CGLS gives each direction what its own run gives, including when
+    directions stop at different iterations (rescalings reach ρ ≈ 0, random ones stall)."""
+    model = ConvBN(batch_stats=False).eval()
+    x = torch.randn(64, 1, 6, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    fmodel = FunctionalModel(model, params, dict(model.named_buffers()))
+    lik = get_likelihood("gaussian", 1.0)
+    keys = ("conv1.weight", "conv1.bias", "bn.weight", "bn.bias")
+    gen = torch.Generator().manual_seed(2)
+    vectors = []
+    for c in range(3):  # unit c's rescaling through the ReLU: conv1/bn scale up, conv2 down
+        v = {k: torch.zeros_like(params[k]) for k in (*keys, "conv2.weight")}
+        v["bn.weight"][c], v["bn.bias"][c] = params["bn.weight"][c], params["bn.bias"][c]
+        v["conv2.weight"][:, c] = -params["conv2.weight"][:, c]
+        vectors.append(v)
+    for _ in range(2):
+        vectors.append(
+            {k: torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in vectors[0].items()}
+        )
+    vectors = [
+        {k: t / math.sqrt(sum(float((s * s).sum()) for s in v.values())) for k, t in v.items()}
+        for v in vectors
+    ]
+    with torch.no_grad():
+        # Same arithmetic; over many iterations CGLS amplifies rounding differences.
+        for maxiter, rtol in ((3, 1e-12), (40, 1e-6)):
+            kw = dict(g_ref=1.0, eps_flat=1e-20, maxiter=maxiter)
+            many = correctability_many(fmodel, lik, ((x,), {}), vectors, **kw)
+            one = [correctability(fmodel, lik, ((x,), {}), v, **kw) for v in vectors]
+            np.testing.assert_allclose(many, one, rtol=rtol, atol=1e-12)
+    # Rescalings of live channels are gauges, generic directions are not; channel 2's
+    # rescaling has D²f = 0 on these inputs (NaN: nothing to correct).
+    assert max(many[:2]) < 1e-6 and math.isnan(many[2]) and min(many[3:]) > 0.05

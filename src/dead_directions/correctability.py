@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
-from torch.func import jvp, vjp
+from torch.func import jvp, vjp, vmap
 
 from .fisher import Batch, FunctionalModel
 from .likelihood import Likelihood
-
-
-def second_derivative(fmodel: FunctionalModel, batch: Batch, u: Mapping[str, torch.Tensor]):
-    """``(f(θ), D²f(θ)[u, u])`` at the base by forward-over-forward JVP."""
-    point = {k: fmodel.params[k] for k in u}
-
-    def first(p):
-        return jvp(lambda q: fmodel(q, batch), (p,), (dict(u),))[1]
-
-    y = fmodel(point, batch)
-    d2 = jvp(first, (point,), (dict(u),))[1]
-    return y, d2
 
 
 def correctability(
@@ -32,12 +20,7 @@ def correctability(
     *,
     g_ref: float,
     eps_flat: float,
-    maxiter: int = 200,
-    rtol: float = 1e-12,
-    rho_tiny: float = 1e-10,
-    stall: float = 1e-3,
-    stall_window: int = 10,
-    stall_floor: float = 0.5,
+    **options,
 ) -> float:
     """``ρ = min_w ‖M(J w + D²f[u,u])‖ / ‖M D²f[u,u]‖`` on one probe batch.
 
@@ -47,67 +30,165 @@ def correctability(
     there; letting ``w`` range over a whole large network would make ``J`` onto the probe
     outputs and every ρ zero, and over whole tensors, near-null directions of ``J`` (other
     units) slow CGLS without changing the decision. ``M`` is the likelihood's square root
-    metric at the base, so ρ is measured in the Fisher norm. Solved by CGLS on JVP/VJP products.
-    CGLS stops at ``maxiter``, at gradient ratio ``rtol``, once ρ ≤ ``rho_tiny``, or when
-    ρ ≥ ``stall_floor`` fell by less than the fraction ``stall`` over the last
-    ``stall_window`` iterations (a gauge's ρ can plateau far below that, then drop).
+    metric at the base, so ρ is measured in the Fisher norm. Solved by CGLS on JVP/VJP
+    products (:func:`correctability_many`, whose stopping options ``options`` are).
     ρ ≈ 0: the ray's second-order departure is a first-order move, so the direction
     is tangent to a curved orbit of constant function (gauge). ρ of order 1: genuine.
     Returns NaN where ``D²f[u,u]`` vanishes (per sample, ``‖M D²f‖² ≤ eps_flat · g_ref``):
     the ray then leaves the locus at third order or later, which a curved orbit
     cannot do, so there is nothing to correct.
     """
-    point = {k: fmodel.params[k] for k in u}
-    y, d2 = second_derivative(fmodel, batch, u)
-    b = lik.whiten(y, d2)
-    n = b.shape[0]
-    b_sq = float((b * b).sum())
-    if not math.isfinite(b_sq) or b_sq / n <= eps_flat * g_ref:
-        return math.nan
+    return correctability_many(fmodel, lik, batch, [u], g_ref=g_ref, eps_flat=eps_flat, **options)[
+        0
+    ]
 
+
+def correctability_many(
+    fmodel: FunctionalModel,
+    lik: Likelihood,
+    batch: Batch,
+    vectors: Sequence[Mapping[str, torch.Tensor]],
+    *,
+    g_ref: float,
+    eps_flat: float,
+    maxiter: int = 200,
+    rtol: float = 1e-12,
+    rho_tiny: float = 1e-10,
+    stall: float = 1e-3,
+    stall_window: int = 10,
+    stall_floor: float = 0.5,
+    chunk: int = 8,
+) -> list[float]:
+    """ρ of :func:`correctability` for each of ``vectors`` (all over the same tensors),
+    their CGLS runs vmapped side by side, ``chunk`` directions at a time.
+
+    Each direction's CGLS stops on its own: at ``maxiter``, at gradient ratio ``rtol``,
+    once its ρ ≤ ``rho_tiny``, or when its ρ ≥ ``stall_floor`` fell by less than the
+    fraction ``stall`` over the last ``stall_window`` iterations (a gauge's ρ can plateau
+    far below that, then drop); a stopped direction's iterate is frozen while the others
+    go on, so each ρ is what a run of its own gives.
+    """
+    if not vectors:
+        return []
+    keys = list(vectors[0])
+    if any(list(v) != keys for v in vectors):
+        raise ValueError("correctability_many: every vector must name the same tensors.")
+    out: list[float] = []
+    for start in range(0, len(vectors), chunk):
+        part = vectors[start : start + chunk]
+        stacked = {k: torch.stack([v[k] for v in part]) for k in keys}
+        out += _cgls_rho(
+            fmodel,
+            lik,
+            batch,
+            stacked,
+            g_ref=g_ref,
+            eps_flat=eps_flat,
+            maxiter=maxiter,
+            rtol=rtol,
+            rho_tiny=rho_tiny,
+            stall=stall,
+            stall_window=stall_window,
+            stall_floor=stall_floor,
+        )
+    return out
+
+
+def _cgls_rho(
+    fmodel,
+    lik,
+    batch,
+    u,
+    *,
+    g_ref,
+    eps_flat,
+    maxiter,
+    rtol,
+    rho_tiny,
+    stall,
+    stall_window,
+    stall_floor,
+) -> list[float]:
+    """CGLS for ``min ‖A w + b‖`` per direction; ``u[k]`` has shape ``(D, *param.shape)``."""
+    point = {k: fmodel.params[k] for k in u}
+
+    def f(q):
+        return fmodel(q, batch)
+
+    def d2_of(v):
+        return jvp(lambda p: jvp(f, (p,), (v,))[1], (point,), (v,))[1]
+
+    y = f(point)
+    b = vmap(lambda d2: lik.whiten(y, d2))(vmap(d2_of)(u))
+    n, count = y.shape[0], b.shape[0]
+
+    def total(t):
+        return t.reshape(count, -1).sum(dim=1)
+
+    b_sq = total(b * b)
+    valid = torch.isfinite(b_sq) & (b_sq / n > eps_flat * g_ref)
+    if not bool(valid.any()):
+        return [math.nan] * count
     mask = {k: (v != 0).to(v.dtype) for k, v in u.items()}
 
     def apply(w):
         w = {k: w[k] * mask[k] for k in w}
-        return lik.whiten(y, jvp(lambda q: fmodel(q, batch), (point,), (w,))[1])
+        return vmap(lambda t: lik.whiten(y, jvp(f, (point,), (t,))[1]))(w)
 
-    _, pull_f = vjp(lambda q: fmodel(q, batch), point)
+    _, pull_f = vjp(f, point)
     _, pull_m = vjp(lambda v: lik.whiten(y, v), torch.zeros_like(y))
 
     def apply_t(r):
-        grads = pull_f(pull_m(r)[0])[0]
+        grads = vmap(lambda c: pull_f(pull_m(c)[0])[0])(r)
         return {k: grads[k] * mask[k] for k in grads}
 
     def dot(a, c):
-        return sum((a[k] * c[k]).sum() for k in a)
+        return sum(total(a[k] * c[k]) for k in a)
 
-    # CGLS for min ‖A w − c‖ with c = −b.
-    w = {k: torch.zeros_like(v) for k, v in point.items()}
+    def per_direction(scalars, like):
+        return scalars.reshape(-1, *([1] * (like.ndim - 1)))
+
+    w = {k: torch.zeros_like(v) for k, v in u.items()}
     r = -b
     s = apply_t(r)
     p = {k: v.clone() for k, v in s.items()}
     gamma = dot(s, s)
     gamma0 = gamma
-    history = [1.0]  # ‖r_i‖ / ‖b‖: the relative residual after each iteration
+    # ‖r_i‖ / ‖b‖ per direction after each iteration; invalid directions never run.
+    history = [torch.ones_like(b_sq)]
+    active = valid.clone()
+    safe_b_sq = torch.where(valid, b_sq, torch.ones_like(b_sq))
     for _ in range(maxiter):
-        if gamma <= rtol**2 * gamma0 or gamma == 0 or history[-1] <= rho_tiny:
-            break
-        # Stalled at ρ of order 1: a genuine departure plateaus within a few iterations,
-        # and CGLS's residual never increases, so what is left cannot change the decision.
-        stalled = len(history) > stall_window and (
-            history[-1] > (1 - stall) * history[-stall_window]
-        )
-        if stalled and history[-1] >= stall_floor:
+        done = (gamma <= rtol**2 * gamma0) | (gamma == 0) | (history[-1] <= rho_tiny)
+        if len(history) > stall_window:
+            # Stalled at ρ of order 1: a genuine departure plateaus within a few
+            # iterations, and CGLS's residual never rises, so the rest cannot change
+            # the decision.
+            stalled = history[-1] > (1 - stall) * history[-stall_window]
+            done |= stalled & (history[-1] >= stall_floor)
+        active &= ~done
+        if not bool(active.any()):
             break
         q = apply(p)
-        alpha = gamma / (q * q).sum()
-        w = {k: w[k] + alpha * p[k] for k in w}
-        r = r - alpha * q
-        history.append(float(torch.sqrt((r * r).sum() / b_sq)))
+        qq = total(q * q)
+        alpha = torch.where(active, gamma / torch.where(active, qq, torch.ones_like(qq)), 0.0)
+        w = {k: w[k] + per_direction(alpha, p[k]) * p[k] for k in w}
+        r = r - per_direction(alpha, q) * q
+        history.append(torch.where(active, torch.sqrt(total(r * r) / safe_b_sq), history[-1]))
         s = apply_t(r)
         gamma_new = dot(s, s)
-        beta = gamma_new / gamma
-        p = {k: s[k] + beta * p[k] for k in p}
-        gamma = gamma_new
+        beta = torch.where(
+            active, gamma_new / torch.where(active, gamma, torch.ones_like(gamma)), 0.0
+        )
+        p = {
+            k: torch.where(
+                per_direction(active, s[k]), s[k] + per_direction(beta, p[k]) * p[k], p[k]
+            )
+            for k in p
+        }
+        gamma = torch.where(active, gamma_new, gamma)
     residual = apply(w) + b
-    return float(torch.sqrt((residual * residual).sum() / b_sq))
+    rho = torch.sqrt(total(residual * residual) / safe_b_sq)
+    return [
+        float(x) if ok else math.nan for x, ok in zip(rho.tolist(), valid.tolist(), strict=True)
+    ]

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .allocator import retain_freed_memory
-from .correctability import correctability as _correctability
+from .correctability import correctability_many
 from .direction import Direction, as_direction, normalise, validate_offsets
 from .fisher import (
     FunctionalModel,
@@ -281,22 +281,30 @@ def read_many(
             per_dir = [len(r) + 1 for r in group.radii]
             ref_vals = g_all[sum(per_dir) :].reshape(len(group.refs), 2)
             g_ref = float(np.median(ref_vals.max(axis=1))) if len(group.refs) else math.nan
-            offset = 0
+            curves, rates, offset = [], [], 0
             for j in range(n_dir):
-                d = directions[group.indices[j]]
                 curve = g_all[offset : offset + per_dir[j]]
                 offset += per_dir[j]
+                curves.append(curve)
+                rates.append(
+                    read_rate(
+                        group.radii[j],
+                        np.asarray(curve[1:], dtype=float),
+                        g_ref,
+                        eps_flat=eps_flat,
+                        floor=floor,
+                        options=options.rate,
+                    )
+                )
+            rhos = _rhos(group, rates, g_ref, fmodel, lik, first_batch, eps_flat, options)
+            for j in range(n_dir):
                 reads[group.indices[j]] = _classify(
-                    d,
-                    group.vectors[j],
+                    directions[group.indices[j]],
                     group.radii[j],
-                    curve,
+                    curves[j],
                     g_ref,
-                    fmodel,
-                    lik,
-                    first_batch,
-                    eps_flat,
-                    floor,
+                    rates[j],
+                    rhos.get(j, math.nan),
                     options,
                 )
     elapsed = (time.perf_counter() - started) / len(directions)
@@ -436,24 +444,46 @@ def _chunk_for(per_pair: int, n_pairs: int, budget: int, min_pairs: int = 0) -> 
     return int(max(1, min(n_pairs, chunk)))
 
 
+def _needs_rho(rate, options: ReadOptions) -> bool:
+    """A straight ray leaves a curved orbit at second order, so only k̂ ≈ 2 can be a curved
+    gauge; higher orders are genuine (METHOD §3)."""
+    return (
+        options.correctability
+        and not rate.flat
+        and math.isfinite(rate.order)
+        and rate.order >= 1.5
+        and abs(rate.order - 2.0) <= options.curved_gauge_band
+    )
+
+
+def _rhos(group, rates, g_ref, fmodel, lik, batch, eps_flat, options) -> dict[int, float]:
+    """ρ of the group's directions that need it, by index; CGLS runs of directions over the
+    same tensors vmapped together."""
+    by_tensors: dict[tuple[str, ...], list[int]] = {}
+    for j, rate in enumerate(rates):
+        if _needs_rho(rate, options):
+            by_tensors.setdefault(tuple(group.vectors[j]), []).append(j)
+    rhos: dict[int, float] = {}
+    for indices in by_tensors.values():
+        values = correctability_many(
+            fmodel,
+            lik,
+            batch,
+            [group.vectors[j] for j in indices],
+            g_ref=g_ref,
+            eps_flat=eps_flat,
+            rho_tiny=options.rho_stop,
+        )
+        rhos.update(zip(indices, values, strict=True))
+    return rhos
+
+
 def _classify(
-    d: Direction,
-    vector,
-    radii,
-    curve,
-    g_ref,
-    fmodel,
-    lik,
-    first_batch,
-    eps_flat,
-    floor,
-    options: ReadOptions,
+    d: Direction, radii, curve, g_ref: float, rate, rho: float, options: ReadOptions
 ) -> Read:
     g_base = float(curve[0])
     g = np.asarray(curve[1:], dtype=float)
-    rate = read_rate(radii, g, g_ref, eps_flat=eps_flat, floor=floor, options=options.rate)
     magnitude = g_base / g_ref if g_ref > 0 else math.nan
-    rho = math.nan
     note = ""
     if rate.flat:
         kind, order, lam = "gauge", math.inf, 0.0
@@ -465,24 +495,11 @@ def _classify(
         kind, order, lam = "regular", rate.order, 1.0 / (2.0 * rate.order)
         if magnitude < options.rate.dead_magnitude:
             note = "numerically dead, regular at this scale"
+    elif math.isfinite(rho) and rho <= options.rho_gauge:
+        kind, order, lam = "gauge", math.inf, 0.0
+        note = "curved gauge: the ray's second-order departure is correctable"
     else:
-        # A straight ray leaves a curved orbit at second order, so only k̂ ≈ 2 can be a
-        # curved gauge; higher orders are genuine (METHOD §3).
-        if options.correctability and abs(rate.order - 2.0) <= options.curved_gauge_band:
-            rho = _correctability(
-                fmodel,
-                lik,
-                first_batch,
-                vector,
-                g_ref=g_ref,
-                eps_flat=eps_flat,
-                rho_tiny=options.rho_stop,
-            )
-        if math.isfinite(rho) and rho <= options.rho_gauge:
-            kind, order, lam = "gauge", math.inf, 0.0
-            note = "curved gauge: the ray's second-order departure is correctable"
-        else:
-            kind, order, lam = "singular", rate.order, 1.0 / (2.0 * rate.order)
+        kind, order, lam = "singular", rate.order, 1.0 / (2.0 * rate.order)
     return Read(
         name=d.name,
         layer=d.layer,
