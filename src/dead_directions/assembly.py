@@ -10,7 +10,6 @@ from fractions import Fraction
 from functools import lru_cache
 
 import numpy as np
-from scipy import integrate, special
 
 # A measured order k̂ within this distance of an integer k ≥ 1 is taken as k on the exact
 # path (the same tolerance as ``Read.matches_prediction``).
@@ -539,6 +538,8 @@ def nu_frozen(k: int) -> float:
     lam = 1.0 / (2 * k)
     if k % 2:
         return lam
+    from scipy import special  # here, not at import: a sweep job's start pays ~0.3 s for it
+
     return lam - math.exp(2 * (special.gammaln(lam + 0.5) - special.gammaln(lam)))
 
 
@@ -557,6 +558,8 @@ def _variance_at(k: int, z: float) -> tuple[float, float]:
     The mean is integrated first and the variance as ∫(η^k − μ)², so the error bound is
     ``δc₂/m₀ + Var·δm₀/m₀ + δμ²`` from QUADPACK's error estimates δ.
     """
+    from scipy import integrate  # lazily, as in nu_frozen
+
     s_star = z / 2 if (k % 2 == 1 or z > 0) else 0.0
     phi_max = z * s_star - s_star * s_star
     radius = (abs(z) + 8.0) ** (1.0 / k)
@@ -598,6 +601,8 @@ def nu(k: int, nodes: int = 120) -> tuple[float, float]:
     Gaussian N(Z/2, ½), Var = ½ for every Z, so ν(1) = ½ (= λ, the regular value).
     Dimensionless.
     """
+    from scipy import special  # lazily, as in nu_frozen
+
     k = _check_order(k)
 
     def rule(n: int) -> tuple[float, float]:
