@@ -257,10 +257,20 @@ def test_correctability_many_equals_one_direction_at_a_time():
     with torch.no_grad():
         # Same arithmetic; over many iterations CGLS amplifies rounding differences.
         for maxiter, rtol in ((3, 1e-12), (40, 1e-6)):
-            kw = dict(g_ref=1.0, eps_flat=1e-20, maxiter=maxiter)
+            kw = dict(g_ref=1.0, eps_flat=1e-20, maxiter=maxiter, explicit_max=0)
             many = correctability_many(fmodel, lik, ((x,), {}), vectors, **kw)
             one = [correctability(fmodel, lik, ((x,), {}), v, **kw) for v in vectors]
             np.testing.assert_allclose(many, one, rtol=rtol, atol=1e-12)
     # Rescalings of live channels are gauges, generic directions are not; channel 2's
     # rescaling has D²f = 0 on these inputs (NaN: nothing to correct).
     assert max(many[:2]) < 1e-6 and math.isnan(many[2]) and min(many[3:]) > 0.05
+    # The explicit Jacobian on the moved entries (SVD least squares) gives the minimum CGLS
+    # converges to: ρ ≈ 0 to rounding for the rescalings, the same ρ for the others.
+    with torch.no_grad():
+        kw = dict(g_ref=1.0, eps_flat=1e-20)
+        exact = correctability_many(fmodel, lik, ((x,), {}), vectors, **kw)
+        converged = correctability_many(
+            fmodel, lik, ((x,), {}), vectors, **kw, explicit_max=0, maxiter=2000, rtol=1e-15
+        )
+    assert max(exact[:2]) < 1e-12 and math.isnan(exact[2])
+    np.testing.assert_allclose(exact[3:], converged[3:], rtol=1e-8)

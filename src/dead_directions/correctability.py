@@ -58,9 +58,15 @@ def correctability_many(
     stall_window: int = 10,
     stall_floor: float = 0.5,
     chunk: int = 8,
+    explicit_max: int = 128,
 ) -> list[float]:
     """ρ of :func:`correctability` for each of ``vectors`` (all over the same tensors),
-    their CGLS runs vmapped side by side, ``chunk`` directions at a time.
+    ``chunk`` directions at a time.
+
+    A direction that moves at most ``explicit_max`` entries gets the exact minimum: the
+    Jacobian's columns on those entries by one vmapped JVP each, then least squares by SVD
+    (singular values below ``max(m, n)·eps·s_max`` count as zero; ρ is then exact to
+    rounding, no iteration). Larger ones run CGLS on JVP/VJP products, vmapped side by side.
 
     Each direction's CGLS stops on its own: at ``maxiter``, at gradient ratio ``rtol``,
     once its ρ ≤ ``rho_tiny``, or when its ρ ≥ ``stall_floor`` fell by less than the
@@ -90,6 +96,7 @@ def correctability_many(
             stall=stall,
             stall_window=stall_window,
             stall_floor=stall_floor,
+            explicit_max=explicit_max,
         )
     return out
 
@@ -108,8 +115,10 @@ def _cgls_rho(
     stall,
     stall_window,
     stall_floor,
+    explicit_max,
 ) -> list[float]:
-    """CGLS for ``min ‖A w + b‖`` per direction; ``u[k]`` has shape ``(D, *param.shape)``."""
+    """``min ‖A w + b‖ / ‖b‖`` per direction, explicitly or by CGLS; ``u[k]`` has shape
+    ``(D, *param.shape)``."""
     point = {k: fmodel.params[k] for k in u}
 
     def f(q):
@@ -129,6 +138,15 @@ def _cgls_rho(
     valid = torch.isfinite(b_sq) & (b_sq / n > eps_flat * g_ref)
     if not bool(valid.any()):
         return [math.nan] * count
+    moved = sum(total((v != 0).to(torch.int64)) for v in u.values())
+    explicit = valid & (moved <= explicit_max)
+    exact = {
+        i: _explicit_rho(f, point, lik, y, b[i], {k: v[i] for k, v in u.items()})
+        for i in explicit.nonzero().flatten().tolist()
+    }
+    iterate = valid & ~explicit
+    if not bool(iterate.any()):
+        return [exact.get(i, math.nan) for i in range(count)]
     mask = {k: (v != 0).to(v.dtype) for k, v in u.items()}
 
     def apply(w):
@@ -156,8 +174,8 @@ def _cgls_rho(
     gamma0 = gamma
     # ‖r_i‖ / ‖b‖ per direction after each iteration; invalid directions never run.
     history = [torch.ones_like(b_sq)]
-    active = valid.clone()
-    safe_b_sq = torch.where(valid, b_sq, torch.ones_like(b_sq))
+    active = iterate.clone()
+    safe_b_sq = torch.where(iterate, b_sq, torch.ones_like(b_sq))
     for _ in range(maxiter):
         done = (gamma <= rtol**2 * gamma0) | (gamma == 0) | (history[-1] <= rho_tiny)
         if len(history) > stall_window:
@@ -189,6 +207,43 @@ def _cgls_rho(
         gamma = torch.where(active, gamma_new, gamma)
     residual = apply(w) + b
     rho = torch.sqrt(total(residual * residual) / safe_b_sq)
+    values = rho.tolist()
     return [
-        float(x) if ok else math.nan for x, ok in zip(rho.tolist(), valid.tolist(), strict=True)
+        exact[i] if i in exact else values[i] if ok else math.nan
+        for i, ok in enumerate(iterate.tolist())
     ]
+
+
+def _explicit_rho(f, point, lik, y, b, u, budget: int = 1 << 26) -> float:
+    """``min_w ‖A w + b‖ / ‖b‖`` with ``A`` the whitened Jacobian on ``u``'s nonzero entries,
+    formed column by column (vmapped one-hot JVPs, ``budget`` bytes of tangents per call)
+    and solved by SVD."""
+    keys = list(u)
+    where = [torch.nonzero(u[k].reshape(-1)).flatten() for k in keys]
+    key_of = torch.cat([torch.full((len(ix),), j) for j, ix in enumerate(where)])
+    flat_of = torch.cat(where)
+    numel = sum(point[k].numel() for k in keys) * point[keys[0]].element_size()
+    per_call = max(1, budget // numel)
+
+    def column(tangent):
+        return lik.whiten(y, jvp(f, (point,), (tangent,))[1]).reshape(-1)
+
+    columns = []
+    for start in range(0, len(flat_of), per_call):
+        rows = torch.arange(start, min(start + per_call, len(flat_of)))
+        tangents = {}
+        for j, k in enumerate(keys):
+            t = torch.zeros(
+                len(rows), point[k].numel(), dtype=point[k].dtype, device=point[k].device
+            )
+            mine = rows[key_of[rows] == j]
+            t[mine - start, flat_of[mine].to(t.device)] = 1.0
+            tangents[k] = t.reshape(len(rows), *point[k].shape)
+        columns.append(vmap(column)(tangents))
+    a = torch.cat(columns).T  # (outputs, moved entries)
+    rhs = b.reshape(-1)
+    left, sing, _ = torch.linalg.svd(a, full_matrices=False)
+    tol = sing.max() * max(a.shape) * torch.finfo(a.dtype).eps
+    basis = left[:, sing > tol]
+    residual = rhs - basis @ (basis.T @ rhs)
+    return float(residual.norm() / rhs.norm())
