@@ -44,12 +44,19 @@ def random_in(model, names, seed):
     return {k: torch.randn(params[k].shape, generator=gen, dtype=torch.float64) for k in names}
 
 
-@pytest.mark.parametrize("family", ["vit", "transformer"])
+@pytest.mark.parametrize("family", ["vit", "transformer", "cnn"])
 def test_layer_path_equals_plain_jvp(family):
     fam = dd.zoo.get_family(family)
     model = fam.build(fam.sizes[0]).eval()
+    if family == "cnn":  # non-trivial running statistics, as after training
+        gen = torch.Generator().manual_seed(5)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0.0, 0.5, generator=gen)
+                m.running_var.uniform_(0.5, 2.0, generator=gen)
     x = fam.probe(24)
-    layers = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    kinds = (nn.Linear, nn.Conv2d, nn.LayerNorm, nn.BatchNorm2d)
+    layers = [n for n, m in model.named_modules() if isinstance(m, kinds)]
     dirs = []
     for i, layer in enumerate(layers):
         assert local_layer(model, (f"{layer}.weight", f"{layer}.bias")) == layer
@@ -113,7 +120,7 @@ def test_local_layer_needs_one_plain_linear_or_conv():
     model = fam.build(fam.sizes[0])
     assert local_layer(model, ("head.weight",)) == "head"
     assert local_layer(model, ("head.weight", "patch_embed.weight")) is None
-    assert local_layer(model, ("ln.weight",)) is None  # LayerNorm: not linear in its weight
+    assert local_layer(model, ("ln.weight", "ln.bias")) == "ln"  # affine in w, b for fixed x
     assert local_layer(model, ("pos",)) is None
 
 

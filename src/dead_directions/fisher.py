@@ -408,17 +408,29 @@ def eval_mode(module: torch.nn.Module):
 
 
 # ----------------------------------------------------------------- layer-local fast path
-_LOCAL_TYPES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+_LOCAL_TYPES = (
+    torch.nn.Linear,
+    torch.nn.Conv1d,
+    torch.nn.Conv2d,
+    torch.nn.Conv3d,
+    # Affine in their weight and bias for a fixed input: out = n(x) ⊙ w + b.
+    torch.nn.LayerNorm,
+    torch.nn.BatchNorm1d,
+    torch.nn.BatchNorm2d,
+    torch.nn.BatchNorm3d,
+)
 
 
 def local_layer(module: torch.nn.Module, support: Iterable[str]) -> str | None:
-    """The name of the Linear/Conv module whose ``weight``/``bias`` are exactly the tensors
-    ``support`` touches, when the read can run on that layer's output alone; else ``None``.
+    """The name of the Linear/Conv/norm module whose ``weight``/``bias`` are exactly the
+    tensors ``support`` touches, when the read can run on that layer's output alone; else
+    ``None``.
 
-    Needs a plain ``nn.Linear`` or ``nn.ConvNd`` (exact type, so its output is linear in
-    its weight and bias), present once in the module tree, with parameters not shared
-    under another name. Whether it is called exactly once and its parameters are used
-    nowhere else is checked on the probe batch (:class:`LayerSuffix`).
+    Needs a plain ``nn.Linear``, ``nn.ConvNd``, ``nn.LayerNorm`` or ``nn.BatchNormNd``
+    (exact type, so its output is affine in its weight and bias for a fixed input),
+    present once in the module tree, with parameters not shared under another name.
+    Whether it is called exactly once and its parameters are used nowhere else is checked
+    on the probe batch (:class:`LayerSuffix`).
     """
     support = tuple(support)
     prefixes = {name.rpartition(".")[0] for name in support}
@@ -498,11 +510,12 @@ class _UseWatch(TorchFunctionMode):
 
 
 class LayerSuffix:
-    """The network downstream of one Linear/Conv layer, on one probe batch.
+    """The network downstream of one Linear, Conv, LayerNorm or BatchNorm layer, on one batch.
 
     A direction ``u`` in the layer's weight and bias moves its output exactly along a line:
     at ``θ + t u`` it is ``h₀ + t (U x)``, with ``x`` the layer's input and ``U x`` the
-    layer applied to ``u`` (no bias added twice). So the directional Fisher at any radius
+    layer applied to ``u`` (no bias added twice; for a norm, its normalised input times the
+    weight part plus the bias part). So the directional Fisher at any radius
     only needs the part of the network after the layer. :meth:`trace` runs the model once
     at the base, recording every submodule call; :meth:`run` evaluates the model with the
     layer's output replaced, returning recorded outputs for every call whose arguments
@@ -560,9 +573,27 @@ class LayerSuffix:
         bias = vector.get(f"{self.layer}.bias")
         if weight is None:
             weight = torch.zeros_like(self.fmodel.params[f"{self.layer}.weight"])
-        if isinstance(self.target, torch.nn.Linear):
+        target = self.target
+        if isinstance(target, torch.nn.Linear):
             return F.linear(self.x, weight, bias)
-        return self.target._conv_forward(self.x, weight, bias)
+        if isinstance(target, torch.nn.LayerNorm):
+            normed = F.layer_norm(self.x, target.normalized_shape, None, None, target.eps)
+            return normed * weight + (bias if bias is not None else 0.0)
+        if isinstance(target, torch.nn.modules.batchnorm._BatchNorm):
+            # The statistics the module's own forward used on this input (running ones in
+            # eval mode when tracked); with no weight or bias, only the normalisation.
+            batch_stats = target.training or target.running_mean is None
+            buffers = self.fmodel.buffers  # in the read's dtype and device
+            stats = (
+                (None, None)
+                if batch_stats
+                else (buffers[f"{self.layer}.running_mean"], buffers[f"{self.layer}.running_var"])
+            )
+            normed = F.batch_norm(self.x, *stats, None, None, batch_stats, 0.0, target.eps)
+            shape = (1, -1) + (1,) * (self.x.ndim - 2)
+            out = normed * weight.reshape(shape)
+            return out + bias.reshape(shape) if bias is not None else out
+        return target._conv_forward(self.x, weight, bias)
 
     def run(self, h: torch.Tensor) -> torch.Tensor:
         """The model's output with the layer's output replaced by ``h``."""
