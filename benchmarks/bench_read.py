@@ -1,15 +1,15 @@
 """Cost of the read per (direction, radius) pair, in forward passes, naive vs the project's path.
 
-For every Linear layer of the default `transformer` and `vit` families (final checkpoint
-architecture at the middle size, random-init weights are enough for timing), on one probe
-batch: the time of one full forward pass (no grad), the time per pair of the naive read (one
-`torch.func.jvp` of the whole network per (direction, radius), all parameters as primals, so
-the prefix before the layer is recomputed every time), and the time per pair of
+For every Linear and LayerNorm layer of the default `transformer` and `vit` families (final
+checkpoint architecture at the middle size, random-init weights are enough for timing), on
+one probe batch: the time of one full forward pass (no grad), the time per pair of the naive
+read (one `torch.func.jvp` of the whole network per (direction, radius), all parameters as
+primals, so the prefix before the layer is recomputed every time), and the time per pair of
 `dd.read_many` (vmapped over all pairs of the layer; includes the reference directions and
-the classification, not ρ). Ratios are measured in this one run, interleaved, minimum of
-repeats. Times are CPU seconds of this process (``time.process_time``) with torch on
-``--threads`` threads (default 1), so other jobs on a shared machine perturb them far
-less than wall time. Usage:
+the classification, not ρ). Directions are random in the layer's weight and bias. Ratios
+are measured in this one run, interleaved, minimum of repeats. Times are CPU seconds of
+this process (``time.process_time``) with torch on ``--threads`` threads (default 1), so
+other jobs on a shared machine perturb them far less than wall time. Usage:
 python benchmarks/bench_read.py [--families transformer vit] [--dirs 8] [--threads 1]
 """
 
@@ -55,11 +55,12 @@ def bench_family(name: str, n_dirs: int, n_radii: int, repeats: int) -> list[dic
             output(model(*args, **kwargs))
 
     rows = []
-    linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-    for layer in linears:
-        key = f"{layer}.weight"
+    kinds = (torch.nn.Linear, torch.nn.LayerNorm)
+    layers = [(n, type(m).__name__) for n, m in model.named_modules() if isinstance(m, kinds)]
+    for layer, kind in layers:
+        keys = [f"{layer}.weight", f"{layer}.bias"]
         dirs = [
-            {key: torch.randn(params[key].shape, generator=gen, dtype=params[key].dtype)}
+            {k: torch.randn(params[k].shape, generator=gen, dtype=params[k].dtype) for k in keys}
             for _ in range(n_dirs)
         ]
 
@@ -75,7 +76,8 @@ def bench_family(name: str, n_dirs: int, n_radii: int, repeats: int) -> list[dic
             )
 
         u = {k: torch.zeros_like(v) for k, v in params.items()}
-        u[key] = dirs[0][key] / dirs[0][key].norm()
+        norm = torch.sqrt(sum((v * v).sum() for v in dirs[0].values()))
+        u.update({k: v / norm for k, v in dirs[0].items()})
 
         def naive(u=u):
             with torch.no_grad():
@@ -98,6 +100,7 @@ def bench_family(name: str, n_dirs: int, n_radii: int, repeats: int) -> list[dic
             {
                 "family": name,
                 "layer": layer,
+                "kind": kind,
                 "forward_s": fwd,
                 "naive": min(t_naive) / fwd,
                 "project": min(t_proj) / fwd,
@@ -137,7 +140,10 @@ def main() -> None:
         )
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
     groups = [(name, [r for r in rows if r["family"] == name]) for name in args.families]
-    for label, part in [*groups, ("all", rows)]:
+    by_kind = [(kind, [r for r in rows if r["kind"] == kind]) for kind in ("Linear", "LayerNorm")]
+    for label, part in [*groups, *by_kind, ("all", rows)]:
+        if not part:
+            continue
         naive = [r["naive"] for r in part]
         proj = [r["project"] for r in part]
         print(

@@ -233,6 +233,15 @@ class _Frozen:
         self.func, self.weight, self.bias, self.rest = func, weight, bias, rest
 
 
+def _frozen_call(frozen: _Frozen, x: torch.Tensor, bias) -> torch.Tensor:
+    # A linear's leading axes flattened first: on a strided input (a last-token slice,
+    # a mapped axis) matmul would otherwise broadcast the weight into a bmm per row.
+    if frozen.func is F.linear and x.ndim > 2:
+        y = F.linear(x.reshape(-1, x.shape[-1]), frozen.weight, bias)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+    return frozen.func(x, frozen.weight, bias, *frozen.rest)
+
+
 class _FrozenWeightOp(torch.autograd.Function):
     """``func(x, W, b, *rest)`` with W, b constants: tangent ``func(ẋ, W, None, *rest)``.
 
@@ -245,7 +254,7 @@ class _FrozenWeightOp(torch.autograd.Function):
 
     @staticmethod
     def forward(x, frozen):
-        return frozen.func(x, frozen.weight, frozen.bias, *frozen.rest)
+        return _frozen_call(frozen, x, frozen.bias)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -253,8 +262,7 @@ class _FrozenWeightOp(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, x_t, _):
-        frozen = ctx.frozen
-        return frozen.func(x_t, frozen.weight, None, *frozen.rest)
+        return _frozen_call(ctx.frozen, x_t, None)
 
     @staticmethod
     def vmap(info, in_dims, x, frozen):
