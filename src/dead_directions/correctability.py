@@ -219,7 +219,7 @@ def _explicit_rho(f, point, lik, y, b, u, budget: int = 1 << 26) -> float:
     formed column by column (vmapped one-hot JVPs, ``budget`` bytes of tangents per call)
     and solved by SVD."""
     keys = list(u)
-    where = [torch.nonzero(u[k].reshape(-1)).flatten() for k in keys]
+    where = [torch.nonzero(u[k].reshape(-1)).flatten().cpu() for k in keys]  # bookkeeping
     key_of = torch.cat([torch.full((len(ix),), j) for j, ix in enumerate(where)])
     flat_of = torch.cat(where)
     numel = sum(point[k].numel() for k in keys) * point[keys[0]].element_size()
@@ -237,7 +237,7 @@ def _explicit_rho(f, point, lik, y, b, u, budget: int = 1 << 26) -> float:
                 len(rows), point[k].numel(), dtype=point[k].dtype, device=point[k].device
             )
             mine = rows[key_of[rows] == j]
-            t[mine - start, flat_of[mine].to(t.device)] = 1.0
+            t[(mine - start).to(t.device), flat_of[mine].to(t.device)] = 1.0
             tangents[k] = t.reshape(len(rows), *point[k].shape)
         columns.append(vmap(column)(tangents))
     a = torch.cat(columns).T  # (outputs, moved entries)
