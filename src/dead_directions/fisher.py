@@ -69,6 +69,14 @@ def _split(batch: Batch, batch_size: int | None) -> Iterator[Batch]:
         )
 
 
+def _to_device(value: torch.Tensor, device: torch.device) -> torch.Tensor:
+    # Host → GPU through pinned memory, asynchronously: the copy overlaps the work queued
+    # before it instead of stalling the host.
+    if device.type == "cuda" and value.device.type == "cpu":
+        return value.pin_memory().to(device, non_blocking=True)
+    return value.to(device)
+
+
 def prepare_batch(batch: Batch, dtype: torch.dtype, device: torch.device, index: int) -> Batch:
     """Move a batch to ``device``, cast floating tensors to ``dtype``, reject non-finite."""
 
@@ -81,8 +89,8 @@ def prepare_batch(batch: Batch, dtype: torch.dtype, device: torch.device, index:
                     f"inputs: batch {index}, {where} contains NaN or infinite values; clean "
                     "or drop those samples."
                 )
-            return value.to(device=device, dtype=dtype)
-        return value.to(device=device)
+            return _to_device(value.to(dtype=dtype), device)
+        return _to_device(value, device)
 
     args, kwargs = batch
     return (
