@@ -274,3 +274,40 @@ def test_correctability_many_equals_one_direction_at_a_time():
         )
     assert max(exact[:2]) < 1e-12 and math.isnan(exact[2])
     np.testing.assert_allclose(exact[3:], converged[3:], rtol=1e-8)
+
+
+class _Square(torch.nn.Module):
+    def forward(self, z):
+        return z * z
+
+
+def test_rho_confirms_a_stalled_cgls_exactly():
+    """Two z² units of equal outgoing weight can be rotated into each other: a curved gauge
+    (ρ = 0). CGLS stopped early leaves ρ above rho_gauge; the exact solve on the moved
+    entries (``confirm_above``) replaces it and finds the orbit."""
+    gen = torch.Generator().manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(3, 4, bias=False, dtype=torch.float64),
+        _Square(),
+        torch.nn.Linear(4, 1, bias=False, dtype=torch.float64),
+    ).eval()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.randn(4, 3, generator=gen, dtype=torch.float64))
+        model[2].weight.copy_(torch.tensor([[1.0, 1.0, 0.5, -0.7]], dtype=torch.float64))
+    w = model[0].weight.detach()
+    u = torch.zeros_like(w)
+    u[0], u[1] = w[1], -w[0]  # the rotation's tangent in the plane of units 0 and 1
+    u = {"0.weight": u / u.norm()}
+    x = torch.randn(128, 3, generator=gen, dtype=torch.float64)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    fmodel = FunctionalModel(model, params, {})
+    lik = get_likelihood("gaussian", 1.0)
+    kw = dict(g_ref=1.0, eps_flat=1e-20, explicit_max=0, maxiter=1)
+    with torch.no_grad():
+        (stopped,) = correctability_many(fmodel, lik, ((x,), {}), [u], **kw)
+        (confirmed,) = correctability_many(fmodel, lik, ((x,), {}), [u], **kw, confirm_above=0.05)
+        (exact,) = correctability_many(fmodel, lik, ((x,), {}), [u], g_ref=1.0, eps_flat=1e-20)
+    assert stopped > 0.05
+    assert confirmed == exact and exact < 1e-12
+    r = dd.read(model, x, u, radii=np.logspace(-4, 0, 17))
+    assert abs(r.ray_order - 2.0) <= 0.05 and r.kind == "gauge"

@@ -59,6 +59,8 @@ def correctability_many(
     stall_floor: float = 0.5,
     chunk: int = 8,
     explicit_max: int = 128,
+    confirm_above: float = math.inf,
+    confirm_max: int = 1024,
 ) -> list[float]:
     """ρ of :func:`correctability` for each of ``vectors`` (all over the same tensors),
     ``chunk`` directions at a time.
@@ -66,7 +68,12 @@ def correctability_many(
     A direction that moves at most ``explicit_max`` entries gets the exact minimum: the
     Jacobian's columns on those entries by one vmapped JVP each, then least squares by SVD
     (singular values below ``max(m, n)·eps·s_max`` count as zero; ρ is then exact to
-    rounding, no iteration). Larger ones run CGLS on JVP/VJP products, vmapped side by side.
+    rounding, no iteration). Larger ones run CGLS on JVP/VJP products, vmapped side by side;
+    where CGLS ends above ``confirm_above`` (it stalled or ran out of iterations: on an
+    ill-conditioned orbit, e.g. the pseudo-orthogonal symmetry of a z² network, a gauge's
+    ρ can sit above 0.5 for hundreds of iterations) and the direction moves at most
+    ``confirm_max`` entries, the exact minimum replaces it. CGLS's ρ is an achieved
+    residual, an upper bound, so only a "not a gauge" answer needs confirming.
 
     Each direction's CGLS stops on its own: at ``maxiter``, at gradient ratio ``rtol``,
     once its ρ ≤ ``rho_tiny``, or when its ρ ≥ ``stall_floor`` fell by less than the
@@ -97,6 +104,8 @@ def correctability_many(
             stall_window=stall_window,
             stall_floor=stall_floor,
             explicit_max=explicit_max,
+            confirm_above=confirm_above,
+            confirm_max=confirm_max,
         )
     return out
 
@@ -116,6 +125,8 @@ def _cgls_rho(
     stall_window,
     stall_floor,
     explicit_max,
+    confirm_above,
+    confirm_max,
 ) -> list[float]:
     """``min ‖A w + b‖ / ‖b‖`` per direction, explicitly or by CGLS; ``u[k]`` has shape
     ``(D, *param.shape)``."""
@@ -208,6 +219,9 @@ def _cgls_rho(
     residual = apply(w) + b
     rho = torch.sqrt(total(residual * residual) / safe_b_sq)
     values = rho.tolist()
+    confirm = iterate & (rho > confirm_above) & (moved <= confirm_max)
+    for i in confirm.nonzero().flatten().tolist():
+        exact[i] = _explicit_rho(f, point, lik, y, b[i], {k: v[i] for k, v in u.items()})
     return [
         exact[i] if i in exact else values[i] if ok else math.nan
         for i, ok in enumerate(iterate.tolist())

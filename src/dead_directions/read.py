@@ -473,6 +473,7 @@ def _rhos(group, rates, g_ref, fmodel, lik, batch, eps_flat, options) -> dict[in
             g_ref=g_ref,
             eps_flat=eps_flat,
             rho_tiny=options.rho_stop,
+            confirm_above=options.rho_gauge,
         )
         rhos.update(zip(indices, values, strict=True))
     return rhos
