@@ -6,7 +6,7 @@ import math
 
 import torch
 from torch import nn
-from torch.func import functional_call, vjp
+from torch.func import functional_call
 
 from ..fisher import eval_mode
 from .common import Timer, direction, used
@@ -89,7 +89,16 @@ def factors(ctx, layers: list[str]) -> dict[str, dict]:
         n_samples = y.shape[0]
         per_sample = y[0].numel()
         y0 = y.detach()
-        _, pull_m = vjp(lambda v, y0=y0: ctx.likelihood.whiten(y0, v), torch.zeros_like(y0))
+        # Mᵀ ξ by one reverse pass through the (linear) whitening: torch.autograd.grad,
+        # like the model's pass below; torch.func.vjp would cost each detect job a
+        # ~0.6 s import of torch._dynamo (torch 2.13's VJP enters compiled_autograd).
+        with torch.enable_grad():
+            v0 = torch.zeros_like(y0, requires_grad=True)
+            whitened = ctx.likelihood.whiten(y0, v0)
+
+        def pull_m(xi, whitened=whitened, v0=v0):
+            return torch.autograd.grad(whitened, v0, xi, retain_graph=True)
+
         if per_sample <= exact_max:
             xis = []
             for c in range(per_sample):
