@@ -4,12 +4,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch.func import jvp, vjp, vmap
 
 from .fisher import Batch, FunctionalModel
 from .likelihood import Likelihood
+
+
+@dataclass(frozen=True)
+class RhoSolver:
+    """How ρ is solved; the options of :func:`correctability_many`, which documents them."""
+
+    maxiter: int = 200
+    rtol: float = 1e-12
+    rho_tiny: float = 1e-10
+    stall: float = 1e-3
+    stall_window: int = 10
+    stall_floor: float = 0.5
+    explicit_max: int = 128
+    confirm_above: float = math.inf
+    confirm_max: int = 1024
 
 
 def correctability(
@@ -38,9 +54,8 @@ def correctability(
     the ray then leaves the locus at third order or later, which a curved orbit
     cannot do, so there is nothing to correct.
     """
-    return correctability_many(fmodel, lik, batch, [u], g_ref=g_ref, eps_flat=eps_flat, **options)[
-        0
-    ]
+    (rho,) = correctability_many(fmodel, lik, batch, [u], g_ref=g_ref, eps_flat=eps_flat, **options)
+    return rho
 
 
 def correctability_many(
@@ -51,19 +66,14 @@ def correctability_many(
     *,
     g_ref: float,
     eps_flat: float,
-    maxiter: int = 200,
-    rtol: float = 1e-12,
-    rho_tiny: float = 1e-10,
-    stall: float = 1e-3,
-    stall_window: int = 10,
-    stall_floor: float = 0.5,
     chunk: int = 8,
-    explicit_max: int = 128,
-    confirm_above: float = math.inf,
-    confirm_max: int = 1024,
+    **options,
 ) -> list[float]:
     """ρ of :func:`correctability` for each of ``vectors`` (all over the same tensors),
-    ``chunk`` directions at a time.
+    ``chunk`` directions at a time. ``options`` are the fields of :class:`RhoSolver`
+    (``maxiter`` 200, ``rtol`` 1e-12, ``rho_tiny`` 1e-10, ``stall`` 1e-3,
+    ``stall_window`` 10, ``stall_floor`` 0.5, ``explicit_max`` 128, ``confirm_above`` ∞,
+    ``confirm_max`` 1024).
 
     A direction that moves at most ``explicit_max`` entries gets the exact minimum: the
     Jacobian's columns on those entries by one vmapped JVP each, then least squares by SVD
@@ -81,6 +91,7 @@ def correctability_many(
     far below that, then drop); a stopped direction's iterate is frozen while the others
     go on, so each ρ is what a run of its own gives.
     """
+    solver = RhoSolver(**options)
     if not vectors:
         return []
     keys = list(vectors[0])
@@ -90,44 +101,11 @@ def correctability_many(
     for start in range(0, len(vectors), chunk):
         part = vectors[start : start + chunk]
         stacked = {k: torch.stack([v[k] for v in part]) for k in keys}
-        out += _cgls_rho(
-            fmodel,
-            lik,
-            batch,
-            stacked,
-            g_ref=g_ref,
-            eps_flat=eps_flat,
-            maxiter=maxiter,
-            rtol=rtol,
-            rho_tiny=rho_tiny,
-            stall=stall,
-            stall_window=stall_window,
-            stall_floor=stall_floor,
-            explicit_max=explicit_max,
-            confirm_above=confirm_above,
-            confirm_max=confirm_max,
-        )
+        out += _cgls_rho(fmodel, lik, batch, stacked, g_ref, eps_flat, solver)
     return out
 
 
-def _cgls_rho(
-    fmodel,
-    lik,
-    batch,
-    u,
-    *,
-    g_ref,
-    eps_flat,
-    maxiter,
-    rtol,
-    rho_tiny,
-    stall,
-    stall_window,
-    stall_floor,
-    explicit_max,
-    confirm_above,
-    confirm_max,
-) -> list[float]:
+def _cgls_rho(fmodel, lik, batch, u, g_ref, eps_flat, solver: RhoSolver) -> list[float]:
     """``min ‖A w + b‖ / ‖b‖`` per direction, explicitly or by CGLS; ``u[k]`` has shape
     ``(D, *param.shape)``."""
     point = {k: fmodel.params[k] for k in u}
@@ -150,7 +128,7 @@ def _cgls_rho(
     if not bool(valid.any()):
         return [math.nan] * count
     moved = sum(total((v != 0).to(torch.int64)) for v in u.values())
-    explicit = valid & (moved <= explicit_max)
+    explicit = valid & (moved <= solver.explicit_max)
     exact = {
         i: _explicit_rho(f, point, lik, y, b[i], {k: v[i] for k, v in u.items()})
         for i in explicit.nonzero().flatten().tolist()
@@ -187,14 +165,14 @@ def _cgls_rho(
     history = [torch.ones_like(b_sq)]
     active = iterate.clone()
     safe_b_sq = torch.where(iterate, b_sq, torch.ones_like(b_sq))
-    for _ in range(maxiter):
-        done = (gamma <= rtol**2 * gamma0) | (gamma == 0) | (history[-1] <= rho_tiny)
-        if len(history) > stall_window:
+    for _ in range(solver.maxiter):
+        done = (gamma <= solver.rtol**2 * gamma0) | (gamma == 0) | (history[-1] <= solver.rho_tiny)
+        if len(history) > solver.stall_window:
             # Stalled at ρ of order 1: a genuine departure plateaus within a few
             # iterations, and CGLS's residual never rises, so the rest cannot change
             # the decision.
-            stalled = history[-1] > (1 - stall) * history[-stall_window]
-            done |= stalled & (history[-1] >= stall_floor)
+            stalled = history[-1] > (1 - solver.stall) * history[-solver.stall_window]
+            done |= stalled & (history[-1] >= solver.stall_floor)
         active &= ~done
         if not bool(active.any()):
             break
@@ -219,7 +197,7 @@ def _cgls_rho(
     residual = apply(w) + b
     rho = torch.sqrt(total(residual * residual) / safe_b_sq)
     values = rho.tolist()
-    confirm = iterate & (rho > confirm_above) & (moved <= confirm_max)
+    confirm = iterate & (rho > solver.confirm_above) & (moved <= solver.confirm_max)
     for i in confirm.nonzero().flatten().tolist():
         exact[i] = _explicit_rho(f, point, lik, y, b[i], {k: v[i] for k, v in u.items()})
     return [
