@@ -19,6 +19,7 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/guards.smk"
 include: "workflow/rules/checkpoints.smk"
 include: "workflow/rules/probe.smk"
 include: "workflow/rules/detect.smk"

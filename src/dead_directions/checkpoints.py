@@ -251,20 +251,32 @@ def register_builder(name: str) -> Callable[[Builder], Builder]:
     return deco
 
 
-def get_builder(name: str | Builder) -> Builder:
+def get_builder(name: str | Builder, *, allow_import: bool = True) -> Builder:
     """A builder by name: registered builders, zoo family names, or ``"module:function"``.
 
     ``"module:function"`` imports ``module`` and takes its attribute ``function`` (no
-    evaluation of strings); a callable is returned as it is.
+    evaluation of strings); a callable is returned as it is. ``allow_import=False`` refuses
+    ``"module:function"``: use it for names read from a file (a checkpoint's sidecar or
+    header), which are untrusted and may only name registered builders and zoo families.
+    Raises ``ValueError`` for an unknown name, a refused import, or a non-callable target.
     """
     if callable(name):
         return name
+    if not isinstance(name, str):
+        raise ValueError(f"builder must be a name or a callable, got {type(name).__name__}.")
     if name in BUILDERS:
         return BUILDERS[name]
     from . import zoo
 
     if name in zoo.FAMILIES:
         return zoo.FAMILIES[name].build
+    known = sorted({*BUILDERS, *zoo.FAMILIES})
+    if ":" in name and not allow_import:
+        raise ValueError(
+            f"builder {name!r} comes from a file and names a Python import; builders read "
+            f"from checkpoint metadata may only be one of {', '.join(known)}. Pass the "
+            "builder yourself (family=/builder= or --family) if you trust it."
+        )
     if ":" in name:
         module_name, _, attr = name.partition(":")
         try:
@@ -274,7 +286,6 @@ def get_builder(name: str | Builder) -> Builder:
         if not callable(fn):
             raise ValueError(f"builder {name!r} is not callable.")
         return fn
-    known = sorted({*BUILDERS, *zoo.FAMILIES})
     raise ValueError(
         f"unknown builder {name!r}; use one of {', '.join(known)} or 'module:function'."
     )
@@ -298,6 +309,7 @@ def load(
     builder: str | Builder | None = None,
     *,
     size: str | None = None,
+    override_family: bool = False,
 ) -> tuple[nn.Module, dict]:
     """Load a checkpoint into a freshly built float64 model: ``(model in eval mode, meta)``.
 
@@ -305,12 +317,19 @@ def load(
     with ``weights_only=True``), or a Hugging Face directory (``config.json`` + weights).
     The model comes from ``builder(size)`` (a name for :func:`get_builder` or a callable),
     else ``family.build(size)`` (a zoo family, its name, or a builder name), else the
-    sidecar's ``family``;
-    a Hugging Face directory with none of these is built from its own config. ``size``
-    defaults to the sidecar's. ``meta`` is the sidecar (or header) plus ``path``/``format``.
-    A pruned checkpoint (sidecar ``pruned.shapes``, written by ``dead-directions prune``)
-    loads the same way: the built model is narrowed to the saved shapes first.
-    Errors: :class:`CheckpointError` naming the file and the mismatching tensor.
+    sidecar's ``family``; a Hugging Face directory with none of these is built from its own
+    config. ``size`` defaults to the sidecar's. ``meta`` is the sidecar (or header) plus
+    ``path``/``format``. A pruned checkpoint (sidecar ``pruned.shapes``, written by
+    ``dead-directions prune``) loads the same way: the built model is narrowed to the saved
+    shapes first.
+
+    The file's metadata is untrusted: a family named there resolves only against registered
+    builders and zoo families (never ``"module:function"``, which would import code), and a
+    ``family`` given here that contradicts the sidecar's is refused unless
+    ``override_family=True`` (reading with another family's architecture or activation gives
+    numbers of a different model).
+
+    Errors: :class:`CheckpointError` naming the file and the mismatching tensor or field.
     """
     path = Path(path)
     if not path.exists():
@@ -318,17 +337,37 @@ def load(
     meta = dict(read_meta(path)) if path.is_file() else {}
     fmt = "hf" if path.is_dir() else ("safetensors" if path.suffix == ".safetensors" else "torch")
     size = size if size is not None else meta.get("size")
+    if size is not None and not isinstance(size, str):
+        size = str(size)
+    from_file = False
     if builder is None and family is None:
         family = meta.get("family")
+        from_file = family is not None
         if family is None and not path.is_dir():
             raise CheckpointError(
                 path, "no family or builder given and no sidecar naming the family."
+            )
+        if from_file and not isinstance(family, str):
+            raise CheckpointError(path, f"the sidecar's family is not a name: {family!r}.")
+    elif isinstance(family, str) and builder is None and not override_family:
+        recorded = meta.get("family")
+        if isinstance(recorded, str) and recorded and recorded != family:
+            raise CheckpointError(
+                path,
+                f"its sidecar says family {recorded!r}, but family {family!r} was asked for; "
+                "read it as its own family, or pass override_family=True "
+                "(--override-family) if you mean to load these weights into another "
+                "family's architecture.",
             )
     if builder is not None:
         build = get_builder(builder)
         label = getattr(builder, "__name__", str(builder))
     elif isinstance(family, str) and family not in _zoo_families():
-        build, label = get_builder(family), f"builder {family!r}"
+        try:
+            build = get_builder(family, allow_import=not from_file)
+        except ValueError as err:
+            raise CheckpointError(path, str(err)) from None
+        label = f"builder {family!r}"
     elif family is not None:
         from . import zoo
 
@@ -339,6 +378,12 @@ def load(
         build, label, size = build_hf, "its Hugging Face config", str(path)
     if size is None:
         raise CheckpointError(path, f"no size given for {label} and none in the sidecar.")
+    if from_file and build is build_hf:
+        # the hf builder reads a directory named by its size: a sidecar may not point it
+        # at another directory
+        raise CheckpointError(
+            path, "the sidecar names the 'hf' builder; give builder='hf' and the directory."
+        )
     state = load_state(path)
     try:
         model = build(size)

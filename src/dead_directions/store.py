@@ -26,10 +26,21 @@ Beside it, the *ledger* ``PATH.ledger/`` (plain files, outside the Zarr hierarch
   line, grow every cell array by resizing, which rewrites only ``zarr.json`` metadata,
   and write the new index's label chunks);
 * ``done/{family}/{size}/step{step:07d}/{layer}.json`` — the completion marker with the
-  cell's provenance, written atomically after all of the cell's chunks.
+  cell's provenance and the store's identity, written atomically after all of the cell's
+  chunks;
+* ``store_id`` — the identity of the store this ledger belongs to;
+* ``cells/{family}/{size}/step{step:07d}/{layer}.lock`` — a cell's writer lock.
+
+Store and ledger are one unit. :func:`init` gives every new store a random identity
+(``store_id`` in the group attributes) and writes it into the ledger; a marker counts only
+when it carries the store's current identity. A store created where a ledger of another (a
+deleted or replaced) store lies moves that ledger aside to ``PATH.ledger.stale-…`` first, so
+that no stale marker can count an empty cell as done.
 
 Concurrency and growth: any number of writers run at once; each registers under the lock,
-then writes only its own index's chunks without the lock. Growing the sweep appends
+then writes only its own index's chunks without the registry lock, holding its cell's
+writer lock from removing the marker to writing it again: a second writer of the same cell
+waits, so a cell is always wholly one writer's. Growing the sweep appends
 cells; existing chunk files are never rewritten, moved or truncated (resizing a Zarr array
 to a larger shape leaves its chunks alone). Completion is the marker alone: Zarr does not
 store fill-value chunks, so a missing chunk proves nothing. A writer first removes its
@@ -56,6 +67,7 @@ import math
 import os
 import platform
 import subprocess
+import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -388,6 +400,58 @@ def marker_path(path: str | os.PathLike, key: CellKey) -> Path:
     return ledger_path(path) / "done" / f"{key.path}.json"
 
 
+def store_id(path: str | os.PathLike) -> str:
+    """The identity of the store at ``path`` (``""`` for a store made before identities).
+
+    Raises ``ValueError`` when there is no store at ``path``.
+    """
+    meta = Path(path) / "zarr.json"
+    try:
+        attrs = json.loads(meta.read_text()).get("attributes", {})
+    except FileNotFoundError:
+        raise ValueError(f"no store at {path}: run `dead-directions init-store` first.") from None
+    except (OSError, ValueError) as err:
+        raise ValueError(f"store {path}: unreadable {meta.name} ({err}).") from None
+    return str(attrs.get("store_id", ""))
+
+
+def _ledger_id(path: str | os.PathLike) -> str | None:
+    """The store identity the ledger records (None: the ledger records none)."""
+    file = ledger_path(path) / "store_id"
+    return file.read_text().strip() if file.exists() else None
+
+
+def _set_aside_stale_ledger(path: Path) -> Path | None:
+    """Move what a ledger of an earlier store at ``path`` holds (registry, markers, identity)
+    aside to ``PATH.ledger.stale-…``; return where, or None when there was nothing. Call
+    under the lock, before creating the store: the lock file itself stays."""
+    ledger = ledger_path(path)
+    stale = (
+        [p for p in ledger.iterdir() if p.name not in ("lock", "cells")] if ledger.exists() else []
+    )
+    if not stale:
+        return None
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S")
+    aside = ledger.with_name(f"{ledger.name}.stale-{stamp}-{uuid.uuid4().hex[:8]}")
+    aside.mkdir()
+    for entry in stale:
+        os.replace(entry, aside / entry.name)
+    return aside
+
+
+@contextlib.contextmanager
+def _cell_lock(path: str | os.PathLike, key: CellKey) -> Iterator[None]:
+    """Exclusive writer lock of one cell (waits while another writer holds it)."""
+    file = ledger_path(path) / "cells" / f"{key.path}.lock"
+    file.parent.mkdir(parents=True, exist_ok=True)
+    with builtins.open(file, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 @contextlib.contextmanager
 def _locked(path: str | os.PathLike) -> Iterator[None]:
     ledger = ledger_path(path)
@@ -400,7 +464,10 @@ def _locked(path: str | os.PathLike) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def _write_atomic(target: Path, text: str) -> None:
+def write_text_atomic(target: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``target`` so that readers see the old file or the whole new one
+    (a temporary file beside it, fsync, rename); parent folders are created."""
+    target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     with builtins.open(tmp, "w") as fh:
@@ -463,13 +530,23 @@ def init(
     """Create an empty store (no cells) at ``path``, or check an existing one's layout.
 
     Never truncates: on an existing store with the same layout this does nothing; with a
-    different layout it raises ``ValueError`` naming what differs.
+    different layout it raises ``ValueError`` naming what differs. A new store gets a fresh
+    identity (:func:`store_id`); a ledger left by a deleted or replaced store at the same
+    path is moved aside (``PATH.ledger.stale-…``) before the new ledger is started.
     """
     from .read import DEFAULT_RADII
 
     wanted = Layout(max_directions, tuple(DEFAULT_RADII if radii is None else radii))
     path = Path(path)
     with _locked(path):
+        if not (path / "zarr.json").exists():
+            aside = _set_aside_stale_ledger(path)
+            if aside is not None:
+                warnings.warn(
+                    f"store {path} is new but the ledger of an earlier store was there; moved "
+                    f"it to {aside} (its markers do not describe this store).",
+                    stacklevel=2,
+                )
         if (path / "zarr.json").exists():
             have = layout(path)
             if have.max_directions != wanted.max_directions:
@@ -488,10 +565,12 @@ def init(
         zarr = _zarr()
         with _quiet():
             root = zarr.open_group(str(path), mode="w-", zarr_format=3)
+            identity = uuid.uuid4().hex
             root.attrs.update(
                 {
                     "title": "dead-directions Fisher-rate store",
                     "store_version": STORE_VERSION,
+                    "store_id": identity,
                     "max_directions": wanted.max_directions,
                     "description": (
                         "Rate curves g(t) = uᵀF(θ + t u)u and reads of the detectors' "
@@ -538,6 +617,7 @@ def init(
                 attributes={"long_name": "direction slot within the cell", "units": "1"},
             )
             direction[:] = np.arange(D, dtype=np.int32)
+        write_text_atomic(ledger_path(path) / "store_id", identity + "\n")
         return wanted
 
 
@@ -589,6 +669,22 @@ async def _grow(path: Path, key: CellKey, index: int) -> dict:
     )
     await asyncio.gather(*(arrays[name].setitem(index, getattr(key, name)) for name in LABELS))
     return arrays
+
+
+def _check_ledger(path: Path) -> str:
+    """The store's identity, after checking the ledger belongs to it. Call under the lock."""
+    identity = store_id(path)
+    recorded = _ledger_id(path)
+    if recorded is None:
+        write_text_atomic(ledger_path(path) / "store_id", identity + "\n")
+    elif recorded != identity:
+        raise ValueError(
+            f"store {path}: its ledger {ledger_path(path)} belongs to another store "
+            f"(identity {recorded or 'none'}, the store's is {identity or 'none'}); the store "
+            "was replaced by hand. Move the ledger aside (or delete the store and rerun the "
+            "sweep, which rebuilds both)."
+        )
+    return identity
 
 
 def _register(path: Path, key: CellKey) -> tuple[int, dict]:
@@ -695,27 +791,39 @@ def write_cell(
     """Write one cell's reads (``dd.Read``s) and provenance; return the cell's index.
 
     The cell's marker is removed first and written last: until it exists the cell is not
-    counted as done. Rewriting a cell overwrites exactly its own chunks.
+    counted as done. Rewriting a cell overwrites exactly its own chunks. The whole write
+    holds the cell's writer lock: a second writer of the same cell waits for the first to
+    finish, then rewrites the whole cell (never a mix of both). Raises ``ValueError`` when
+    there is no store at ``path``, when the ledger belongs to another store, or when the
+    reads do not fit the store's layout.
     """
     path = Path(path)
     lay = layout(path)
     values = _cell_values(reads, lay, key)
     marker = marker_path(path, key)
-    marker.unlink(missing_ok=True)
-    with _locked(path):
-        index, arrays = _register(path, key)
-    _remove_partials(path, index)
-    prov = asdict(provenance)
-    values.update({v.name: np.asarray(prov[v.name]) for v in PROVENANCE_VARIABLES})
-    _run(_write_chunks(arrays, index, values))
-    record = {
-        "cell": asdict(key),
-        "index": index,
-        "n_directions": len(reads),
-        "kinds": {k: sum(r.kind == k for r in reads) for k in sorted({r.kind for r in reads})},
-        "provenance": prov,
-    }
-    _write_atomic(marker, json.dumps(record, indent=1, sort_keys=True, default=str) + "\n")
+    with _cell_lock(path, key):
+        marker.unlink(missing_ok=True)
+        with _locked(path):
+            identity = _check_ledger(path)
+            index, arrays = _register(path, key)
+        _remove_partials(path, index)
+        prov = asdict(provenance)
+        values.update({v.name: np.asarray(prov[v.name]) for v in PROVENANCE_VARIABLES})
+        _run(_write_chunks(arrays, index, values))
+        if store_id(path) != identity:
+            raise ValueError(
+                f"store {path} was deleted or replaced while cell {key} was written; rerun "
+                "the sweep (it rebuilds the store)."
+            )
+        record = {
+            "cell": asdict(key),
+            "index": index,
+            "store_id": identity,
+            "n_directions": len(reads),
+            "kinds": {k: sum(r.kind == k for r in reads) for k in sorted({r.kind for r in reads})},
+            "provenance": prov,
+        }
+        write_text_atomic(marker, json.dumps(record, indent=1, sort_keys=True, default=str) + "\n")
     return index
 
 
@@ -725,13 +833,21 @@ def write_cell(
 
 
 def is_done(path: str | os.PathLike, key: CellKey) -> bool:
-    """Whether the cell's marker exists (the only proof that its chunks are complete)."""
-    return marker_path(path, key).exists()
+    """Whether the cell has a marker written for this store (the only proof that its chunks
+    are complete)."""
+    try:
+        record = json.loads(marker_path(path, key).read_text())
+    except (OSError, ValueError):
+        return False
+    return record.get("store_id", "") == store_id(path)
 
 
 def done_cells(path: str | os.PathLike) -> dict[CellKey, int]:
-    """Completed cells and their indices: registered cells with a readable marker."""
+    """Completed cells and their indices: registered cells with a readable marker written
+    for this store (a marker of a deleted or replaced store, whose identity differs, is
+    stale and does not count)."""
     known = registry(path)
+    identity = store_id(path)
     out = {}
     for key, index in known.items():
         marker = marker_path(path, key)
@@ -739,7 +855,7 @@ def done_cells(path: str | os.PathLike) -> dict[CellKey, int]:
             record = json.loads(marker.read_text())
         except (OSError, ValueError):
             continue
-        if record.get("index") == index:
+        if record.get("index") == index and record.get("store_id", "") == identity:
             out[key] = index
     return dict(sorted(out.items()))
 
@@ -785,6 +901,9 @@ def open_cells(
         layer=("cell", np.array([k.layer for k in order], dtype=object)),
     )
     ds["cell"].attrs = {"long_name": "cell index in the store (fixed at first write)"}
+    # the identity ties the store to its ledger (bookkeeping, not data): two stores holding
+    # the same cells compare equal
+    ds.attrs.pop("store_id", None)
     return ds
 
 

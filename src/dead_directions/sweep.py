@@ -56,19 +56,74 @@ def save_probe(inputs, path: str | os.PathLike) -> str:
     return digest
 
 
-def load_probe(path: str | os.PathLike):
-    """Probe inputs saved by :func:`save_probe` and their hash."""
+def _read_safetensors(path: Path, what: str, remedy: str) -> tuple[dict, dict]:
+    """``(metadata, tensors)`` of a safetensors file; ``ValueError`` naming the file, what it
+    should hold and how to remake it when it is missing or unreadable."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
-    path = Path(path)
     if not path.exists():
-        raise ValueError(f"probe data {path} does not exist; run the probe rule first.")
-    with safe_open(str(path), "pt") as fh:
-        meta = fh.metadata() or {}
-    tensors = load_file(str(path))
-    inputs = tensors["input"] if meta.get("kind") == "tensor" else tensors
+        raise ValueError(f"{what} {path} does not exist; {remedy}.")
+    try:
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+    except Exception as err:  # SafetensorError, OSError, ...: all mean an unusable file
+        raise ValueError(
+            f"{what} {path} is not a readable safetensors file ({err}); {remedy}."
+        ) from None
+    return meta, tensors
+
+
+def load_probe(path: str | os.PathLike):
+    """Probe inputs saved by :func:`save_probe` and their hash.
+
+    Raises ``ValueError`` naming the file when it is missing, unreadable, or lacks the
+    tensors its metadata promises.
+    """
+    path = Path(path)
+    remedy = "rerun the probe rule (`dead-directions probe`)"
+    meta, tensors = _read_safetensors(path, "probe data", remedy)
+    if meta.get("kind") == "tensor":
+        if "input" not in tensors:
+            raise ValueError(
+                f"probe data {path} says it holds one tensor but has no tensor 'input' "
+                f"(found {sorted(tensors)}); {remedy}."
+            )
+        inputs = tensors["input"]
+    else:
+        if not tensors:
+            raise ValueError(f"probe data {path} holds no tensors; {remedy}.")
+        inputs = tensors
     return inputs, meta.get("sha256") or probe_hash(inputs)
+
+
+def check_probe(model, inputs, path) -> None:
+    """Run ``model`` on the first probe input: ``ValueError`` naming the probe file when the
+    model cannot take it (wrong feature size, dtype or keys) instead of a shape error deep
+    in the read."""
+    import torch
+
+    from .fisher import iter_batches
+
+    dtype = next((p.dtype for p in model.parameters()), torch.float64)
+
+    def cast(t):
+        return t.to(dtype) if t.is_floating_point() else t
+
+    try:
+        args, kwargs = next(iter_batches(inputs, batch_size=1))
+        with torch.no_grad():
+            model(*map(cast, args), **{k: cast(v) for k, v in kwargs.items()})
+    except Exception as err:  # any failure here means this probe does not fit this model
+        shapes = (
+            {k: tuple(v.shape) for k, v in inputs.items()}
+            if isinstance(inputs, Mapping)
+            else tuple(inputs.shape)
+        )
+        raise ValueError(
+            f"probe data {path} (shape {shapes}) does not fit the model ({type(err).__name__}: "
+            f"{err}); make it with `dead-directions probe` for this family."
+        ) from None
 
 
 def probe_hash(inputs) -> str:
@@ -133,43 +188,76 @@ def save_directions(directions, path: str | os.PathLike, info: Mapping | None = 
 
 
 def load_directions(path: str | os.PathLike) -> list:
-    """Directions saved by :func:`save_directions`."""
-    from safetensors import safe_open
+    """Directions saved by :func:`save_directions`.
 
+    Raises ``ValueError`` naming the file when it is missing, unreadable, or its records and
+    tensors do not match.
+    """
     from .direction import Direction
 
     path = Path(path)
-    if not path.exists():
-        raise ValueError(f"directions file {path} does not exist; run the detect rule first.")
-    with safe_open(str(path), "pt") as fh:
-        records = json.loads((fh.metadata() or {})["directions"])
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+    remedy = "rerun the detect rule (`dead-directions detect`) for this cell"
+    meta, tensors = _read_safetensors(path, "directions file", remedy)
+    try:
+        records = json.loads(meta["directions"])
+        if not isinstance(records, list):
+            raise TypeError("the record list is not a list")
+    except (KeyError, ValueError, TypeError) as err:
+        raise ValueError(
+            f"directions file {path} has no valid 'directions' metadata ({err!r}); {remedy}."
+        ) from None
     out, bases = [], {}
     for i, rec in enumerate(records):
         prefix_v, prefix_b = f"{i:05d}.vector.", f"{i:05d}.base."
         vector = {k[len(prefix_v) :]: v for k, v in tensors.items() if k.startswith(prefix_v)}
         base = {k[len(prefix_b) :]: v for k, v in tensors.items() if k.startswith(prefix_b)}
-        # equal bases become one object again: dd.read_many streams directions that share
-        # a base object together (one forward pass per batch for all of them)
-        digest = hashlib.sha256()
-        for k in sorted(base):
-            digest.update(k.encode() + base[k].numpy().tobytes())
-        base = bases.setdefault(digest.hexdigest(), base)
-        po = rec["predicted_order"]
-        out.append(
-            Direction(
-                name=rec["name"],
-                layer=rec["layer"],
-                vector=vector,
-                detector=rec["detector"],
-                predicted_kind=rec["predicted_kind"],
-                predicted_order=None if po is None else float(po),
-                base=base if rec["base"] else None,
-                scale=float(rec["scale"]),
-                meta=rec.get("meta") or {},
+        try:
+            if not vector:
+                raise KeyError(f"no tensors {prefix_v}*")
+            # equal bases become one object again: dd.read_many streams directions that
+            # share a base object together (one forward pass per batch for all of them)
+            digest = hashlib.sha256()
+            for k in sorted(base):
+                digest.update(k.encode() + base[k].numpy().tobytes())
+            base = bases.setdefault(digest.hexdigest(), base)
+            po = rec["predicted_order"]
+            out.append(
+                Direction(
+                    name=rec["name"],
+                    layer=rec["layer"],
+                    vector=vector,
+                    detector=rec["detector"],
+                    predicted_kind=rec["predicted_kind"],
+                    predicted_order=None if po is None else float(po),
+                    base=base if rec["base"] else None,
+                    scale=float(rec["scale"]),
+                    meta=rec.get("meta") or {},
+                )
             )
-        )
+        except (KeyError, ValueError, TypeError) as err:
+            raise ValueError(
+                f"directions file {path}: direction {i} is malformed ({err}); {remedy}."
+            ) from None
     return out
+
+
+def check_directions(directions, model, path) -> None:
+    """``ValueError`` naming the directions file when a direction moves a tensor the model
+    does not have, or has another shape than the model's."""
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    for d in directions:
+        for name, value in {**d.vector, **(d.base or {})}.items():
+            if name not in shapes:
+                raise ValueError(
+                    f"directions file {path}: direction {d.name!r} moves {name!r}, which is "
+                    "not a parameter of the model; was it detected on another checkpoint?"
+                )
+            if tuple(value.shape) != shapes[name]:
+                raise ValueError(
+                    f"directions file {path}: direction {d.name!r} has {name!r} of shape "
+                    f"{tuple(value.shape)}, the model's is {shapes[name]}; rerun the detect "
+                    "rule for this cell."
+                )
 
 
 def cap_directions(directions: Sequence, limit: int) -> tuple[list, int]:
@@ -201,14 +289,26 @@ def family(name: str):
     return zoo.get_family(name)
 
 
-def load_model(checkpoint: str | os.PathLike, family_name: str, size: str | None = None):
-    """``(model, meta)`` of a checkpoint of ``family_name``; ``ValueError`` names the cause."""
+def load_model(
+    checkpoint: str | os.PathLike,
+    family_name: str,
+    size: str | None = None,
+    *,
+    override_family: bool = False,
+):
+    """``(model, meta)`` of a checkpoint of ``family_name``; ``ValueError`` names the cause.
+
+    A checkpoint whose sidecar names another family is refused unless ``override_family``
+    (see ``dd.checkpoints.load``); NaN or infinite weights are refused.
+    """
     from . import checkpoints
 
     path = Path(checkpoint)
     if not path.exists():
         raise ValueError(f"checkpoint {path} does not exist.")
-    model, meta = checkpoints.load(path, family=family_name, size=size)
+    model, meta = checkpoints.load(
+        path, family=family_name, size=size, override_family=override_family
+    )
     for name, value in model.named_parameters():
         bad = int((~value.detach().isfinite()).sum())
         if bad:
@@ -220,11 +320,27 @@ def load_model(checkpoint: str | os.PathLike, family_name: str, size: str | None
 
 
 def resolve_device(device: str = "auto"):
+    """The torch device for ``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda[:N]``.
+
+    Raises ``ValueError`` for a device name torch does not know or a CUDA device this
+    machine does not have.
+    """
     import torch
 
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"--device {device!r}: not a device name ({err}).") from None
+    if chosen.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (chosen.index or 0) >= count:
+            raise ValueError(
+                f"--device {device}: this machine has {count} CUDA device(s); use auto (CUDA "
+                "when present, else CPU) or cpu."
+            )
+    return chosen
 
 
 def _torch_dtype(name: str):
@@ -396,6 +512,7 @@ def cmd_detect(args) -> int:
     fam = family(args.family)
     model, _ = load_model(args.checkpoint, args.family, args.size)
     inputs, digest = load_probe(args.probe)
+    check_probe(model, inputs, args.probe)
     limit = store.layout(args.store).max_directions if args.store else args.limit
     found, dropped = detect_cell(
         model,
@@ -458,7 +575,9 @@ def cmd_measure(args) -> int:
     lay = store.layout(args.store)
     model, _ = load_model(args.checkpoint, args.family, args.size)
     inputs, digest = load_probe(args.probe)
+    check_probe(model, inputs, args.probe)
     directions = load_directions(args.directions)
+    check_directions(directions, model, args.directions)
     device = resolve_device(args.device)
     dtype = _torch_dtype(args.dtype)
     reads, check, device_name, dtype_name = measure_cell(
@@ -489,22 +608,31 @@ def _radii(args) -> np.ndarray | None:
     if args.radii:
         return np.asarray(args.radii, dtype=float)
     if args.n_radii:
+        if not 0 < args.r_min < args.r_max:
+            raise ValueError(
+                f"--r-min {args.r_min} and --r-max {args.r_max}: need 0 < r_min < r_max "
+                "(config store_layout.r_min, store_layout.r_max)."
+            )
         return np.logspace(np.log10(args.r_min), np.log10(args.r_max), args.n_radii)
     return None
 
 
 def cmd_init_store(args) -> int:
-    """Create the store (or check an existing one's layout) and write a marker file."""
+    """Create the store (or check an existing one's layout) and write a marker file.
+
+    The marker records the store's path, identity and layout: the workflow compares them
+    with the store and the config before any job runs (a deleted or replaced store is
+    rebuilt; a changed layout is refused).
+    """
     lay = store.init(args.store, max_directions=args.max_directions, radii=_radii(args))
     if args.marker:
-        marker = Path(args.marker)
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(
-            json.dumps(
-                {"store": str(args.store), "max_directions": lay.max_directions, "radii": lay.radii}
-            )
-            + "\n"
-        )
+        record = {
+            "store": str(args.store),
+            "store_id": store.store_id(args.store),
+            "max_directions": lay.max_directions,
+            "radii": lay.radii,
+        }
+        store.write_text_atomic(Path(args.marker), json.dumps(record) + "\n")
     print(f"store {args.store}: max_directions {lay.max_directions}, {len(lay.radii)} radii")
     return 0
 
@@ -590,7 +718,9 @@ def cmd_read(args) -> int:
     started = time.perf_counter()
     _threads(args.threads)
     fam = family(args.family)
-    model, meta = load_model(args.checkpoint, args.family, args.size)
+    model, meta = load_model(
+        args.checkpoint, args.family, args.size, override_family=args.override_family
+    )
     size = args.size or str(meta.get("size", "")) or "default"
     step = args.step if args.step is not None else int(meta.get("step", 0) or 0)
     inputs = fam.probe(n=args.probe_n, seed=args.seed)
@@ -764,6 +894,11 @@ def add_parser(sub) -> None:
     p = sub.add_parser("read", help="detect and read one checkpoint; print a table")
     p.add_argument("checkpoint")
     p.add_argument("--family", required=True)
+    p.add_argument(
+        "--override-family",
+        action="store_true",
+        help="read with --family even where the checkpoint's sidecar names another family",
+    )
     p.add_argument("--size", default=None, help="default: from the checkpoint's sidecar")
     p.add_argument("--step", type=int, default=None, help="default: from the sidecar")
     p.add_argument("--layers", nargs="*", default=None, help="default: all sweep layers")

@@ -5,7 +5,7 @@ rule aggregate:
     input:
         markers,
     output:
-        f"{RESULTS}/summary/cells.csv",
+        SUMMARY,
     log:
         "logs/aggregate.log",
     benchmark:
@@ -18,15 +18,16 @@ rule aggregate:
         runtime=60,
     params:
         store=STORE,
-        dask=dask_args,
+        generation=store_generation(),
+        dask=dask_spec,
     shell:
-        "dead-directions aggregate --store {params.store} {params.dask} "
-        "--out {output} > {log} 2>&1"
+        "dead-directions aggregate --store {params.store:q} --dask {params.dask:q} "
+        "--out {output:q} > {log:q} 2>&1"
 
 
 rule tables:
     input:
-        f"{RESULTS}/summary/cells.csv",
+        SUMMARY,
     output:
         markdown=f"{RESULTS}/tables/{{family}}.md",
         csv=expand(f"{RESULTS}/tables/{{{{family}}}}/{{metric}}.csv", metric=METRICS),
@@ -43,5 +44,5 @@ rule tables:
     params:
         out_dir=lambda w, output: str(Path(output.markdown).parent),
     shell:
-        "dead-directions tables --summary {input} --family {wildcards.family} "
-        "--out-dir {params.out_dir} > {log} 2>&1"
+        "dead-directions tables --summary {input:q} --family {wildcards.family:q} "
+        "--out-dir {params.out_dir:q} > {log:q} 2>&1"

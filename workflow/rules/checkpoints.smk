@@ -19,6 +19,6 @@ rule train:
         root=root_of,
         schedule=train_args,
     shell:
-        "dead-directions checkpoints --family {wildcards.family} --size {wildcards.size} "
-        "{params.schedule} --root {params.root} --threads {threads} "
-        "--manifest {output} > {log} 2>&1"
+        "dead-directions checkpoints --family {wildcards.family:q} --size {wildcards.size:q} "
+        "{params.schedule:q} --root {params.root:q} --threads {threads:q} "
+        "--manifest {output:q} > {log:q} 2>&1"

@@ -1,6 +1,9 @@
 # Helpers shared by the rules: paths, config checks beyond the schema, the target list.
 # Plain Python only: the package (and torch) is imported by the jobs, never here.
+# Every value that reaches a shell command is quoted by the rules ({params.x:q}, given
+# as a list of arguments) and restricted by the schema (workflow/schemas/config.schema.yaml).
 import json
+import math
 from pathlib import Path
 
 RESULTS = config["results"]
@@ -8,6 +11,9 @@ STORE = config["store"] or f"{RESULTS}/store.zarr"
 # Completion markers of measured cells live in the store's ledger (dead_directions.store).
 DONE = f"{STORE}.ledger/done"
 STORE_READY = f"{RESULTS}/store.init.json"
+SUMMARY = f"{RESULTS}/summary/cells.csv"
+# Counts rebuilds of a deleted or replaced store (guards.smk).
+GENERATION = f"{RESULTS}/.store-generation"
 FAMILIES = config["families"]
 # Keep in step with dead_directions.aggregate.METRICS (tests/test_workflow.py checks it).
 METRICS = [
@@ -40,8 +46,18 @@ def _fail(key, message):
 
 
 def check_families():
-    """Checks the schema cannot express: read steps among the saved ones, one source."""
+    """Checks the schema cannot express: read steps among the saved ones, one source, the
+    rate-curve checkpoint among the swept ones."""
     for name, spec in FAMILIES.items():
+        chosen = spec.get("rate_curves")
+        if chosen:
+            size, _, step = chosen.rpartition(":")
+            if size not in spec["sizes"] or int(step) not in spec["steps"]:
+                _fail(
+                    f"families.{name}.rate_curves",
+                    f"{chosen} is not a swept checkpoint: use SIZE:STEP with SIZE in "
+                    f"{spec['sizes']} and STEP in {spec['steps']}",
+                )
         external = spec.get("checkpoints")
         if external:
             for size in spec["sizes"]:
@@ -67,7 +83,21 @@ def check_families():
             )
 
 
+def config_radii():
+    """The store's unit radius grid the config asks for (as `dead-directions init-store`)."""
+    lay = config["store_layout"]
+    r_min, r_max, n = lay["r_min"], lay["r_max"], lay["n_radii"]
+    if not r_min < r_max:
+        _fail(
+            "store_layout.r_min",
+            f"{r_min} must be below store_layout.r_max = {r_max}",
+        )
+    lo, hi = math.log10(r_min), math.log10(r_max)
+    return [10 ** (lo + (hi - lo) * i / (n - 1)) for i in range(n)]
+
+
 check_families()
+RADII = config_radii()
 
 
 def pad(step):
@@ -116,29 +146,28 @@ def markers(wildcards):
 
 
 def detector_args(wildcards):
+    """`--detectors …` and `--max-per-layer N`, as separate (quoted) arguments."""
     spec = FAMILIES[wildcards.family]
     out = []
     chosen = spec.get("detectors")
     if isinstance(chosen, dict):  # per layer type: Linear=dead_unit,kfac ...
-        out.append(
-            "--detectors "
-            + " ".join(f"{kind}={','.join(names)}" for kind, names in chosen.items())
-        )
+        out.append("--detectors")
+        out += [f"{kind}={','.join(names)}" for kind, names in chosen.items()]
     elif chosen:
-        out.append("--detectors " + " ".join(chosen))
+        out += ["--detectors", *chosen]
     if spec.get("max_per_layer"):
-        out.append(f"--max-per-layer {spec['max_per_layer']}")
-    return " ".join(out)
+        out += ["--max-per-layer", str(spec["max_per_layer"])]
+    return out
 
 
 def layer_args(wildcards):
     layers = FAMILIES[wildcards.family].get("layers", "auto")
-    return "" if layers == "auto" else "--only " + " ".join(layers)
+    return [] if layers == "auto" else ["--only", *layers]
 
 
 def probe_args(wildcards):
     n = FAMILIES[wildcards.family].get("probe", {}).get("n")
-    return f"--n {n}" if n else ""
+    return ["--n", str(n)] if n else []
 
 
 def train_args(wildcards):
@@ -147,21 +176,21 @@ def train_args(wildcards):
     if is_external(wildcards.family):
         given = spec["checkpoints"][wildcards.size]
         pairs = sorted(given.items(), key=lambda kv: int(kv[0]))
-        return "--external " + " ".join(f"{k}={v}" for k, v in pairs)
+        return ["--external", *(f"{k}={v}" for k, v in pairs)]
     train = spec["train"]
-    args = "--save " + " ".join(str(s) for s in sorted(train["save"]))
-    args += f" --seed {train.get('seed', 0)}"
-    return args + (" --tiny" if train.get("tiny") else "")
+    args = ["--save", *(str(s) for s in sorted(train["save"]))]
+    args += ["--seed", str(train.get("seed", 0))]
+    return args + (["--tiny"] if train.get("tiny") else [])
 
 
-def dask_args(wildcards):
-    """`--dask JSON`: where the aggregate job's dask graph runs (`dask:` of the config)."""
-    return f"--dask '{json.dumps(config.get('dask', {}), sort_keys=True)}'"
+def dask_spec(wildcards):
+    """The `dask:` mapping of the config as JSON (one argument of `--dask`)."""
+    return json.dumps(config.get("dask", {}), sort_keys=True)
 
 
 def rate_curves_args(wildcards):
     chosen = FAMILIES[wildcards.family].get("rate_curves")
-    return f"--checkpoint {chosen}" if chosen else ""
+    return ["--checkpoint", chosen] if chosen else []
 
 
 def tables(family):
@@ -197,7 +226,7 @@ def folder_of(wildcards, output):
 
 
 def figure_args(wildcards):
-    return " ".join(f"{family}={RESULTS}/figures/{family}" for family in FAMILIES)
+    return [f"{family}={RESULTS}/figures/{family}" for family in FAMILIES]
 
 
 def layer_lists(wildcards):

@@ -23,7 +23,7 @@ rule detect:
         seed=config["seed"],
         limit=config["store_layout"]["max_directions"],
     shell:
-        "dead-directions detect --family {wildcards.family} --size {wildcards.size} "
-        "--step {wildcards.step} --layer {wildcards.layer} --checkpoint {params.checkpoint} "
-        "--probe {input.probe} {params.detectors} --seed {params.seed} "
-        "--limit {params.limit} --threads {threads} --out {output} > {log} 2>&1"
+        "dead-directions detect --family {wildcards.family:q} --size {wildcards.size:q} "
+        "--step {wildcards.step:q} --layer {wildcards.layer:q} --checkpoint {params.checkpoint:q} "
+        "--probe {input.probe:q} {params.detectors:q} --seed {params.seed:q} "
+        "--limit {params.limit:q} --threads {threads:q} --out {output:q} > {log:q} 2>&1"

@@ -16,14 +16,15 @@ rule init_store:
         runtime=5,
     params:
         store=STORE,
+        generation=store_generation(),
         max_directions=config["store_layout"]["max_directions"],
         n_radii=config["store_layout"]["n_radii"],
         r_min=config["store_layout"]["r_min"],
         r_max=config["store_layout"]["r_max"],
     shell:
-        "dead-directions init-store --store {params.store} "
-        "--max-directions {params.max_directions} --n-radii {params.n_radii} "
-        "--r-min {params.r_min} --r-max {params.r_max} --marker {output} > {log} 2>&1"
+        "dead-directions init-store --store {params.store:q} "
+        "--max-directions {params.max_directions:q} --n-radii {params.n_radii:q} "
+        "--r-min {params.r_min:q} --r-max {params.r_max:q} --marker {output:q} > {log:q} 2>&1"
 
 
 rule measure:
@@ -31,7 +32,9 @@ rule measure:
         manifest=manifest,
         probe=f"{RESULTS}/probe/{{family}}.safetensors",
         directions=f"{RESULTS}/directions/{CELL}.safetensors",
-        store=STORE_READY,
+        # ancient: a rewritten init marker (same store) must not rerun measured cells; a
+        # deleted or replaced store is caught before the DAG (common.smk) and rebuilt
+        store=ancient(STORE_READY),
     output:
         f"{DONE}/{CELL}.json",
     log:
@@ -52,8 +55,8 @@ rule measure:
         dtype=config["dtype"],
         seed=config["seed"],
     shell:
-        "dead-directions measure --family {wildcards.family} --size {wildcards.size} "
-        "--step {wildcards.step} --layer {wildcards.layer} --checkpoint {params.checkpoint} "
-        "--probe {input.probe} --directions {input.directions} --store {params.store} "
-        "--device {params.device} --dtype {params.dtype} --seed {params.seed} "
-        "--threads {threads} > {log} 2>&1"
+        "dead-directions measure --family {wildcards.family:q} --size {wildcards.size:q} "
+        "--step {wildcards.step:q} --layer {wildcards.layer:q} --checkpoint {params.checkpoint:q} "
+        "--probe {input.probe:q} --directions {input.directions:q} --store {params.store:q} "
+        "--device {params.device:q} --dtype {params.dtype:q} --seed {params.seed:q} "
+        "--threads {threads:q} > {log:q} 2>&1"

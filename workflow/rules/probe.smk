@@ -18,8 +18,8 @@ rule probe:
         n=probe_args,
         seed=config["seed"],
     shell:
-        "dead-directions probe --family {wildcards.family} {params.n} --seed {params.seed} "
-        "--out {output} > {log} 2>&1"
+        "dead-directions probe --family {wildcards.family:q} {params.n:q} --seed {params.seed:q} "
+        "--out {output:q} > {log:q} 2>&1"
 
 
 checkpoint layers:
@@ -38,5 +38,5 @@ checkpoint layers:
     params:
         only=layer_args,
     shell:
-        "dead-directions layers --family {wildcards.family} --size {wildcards.size} "
-        "{params.only} --threads {threads} --out {output} > {log} 2>&1"
+        "dead-directions layers --family {wildcards.family:q} --size {wildcards.size:q} "
+        "{params.only:q} --threads {threads:q} --out {output:q} > {log:q} 2>&1"

@@ -25,9 +25,9 @@ rule removable:
         options=prune_args,
         seed=config["seed"],
     shell:
-        "dead-directions removable {params.checkpoints} --family {wildcards.family} "
-        "--size {wildcards.size} {params.options} --seed {params.seed} "
-        "--threads {threads} --out {output} > {log} 2>&1"
+        "dead-directions removable {params.checkpoints:q} --family {wildcards.family:q} "
+        "--size {wildcards.size:q} {params.options:q} --seed {params.seed:q} "
+        "--threads {threads:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule prune_tables:
@@ -53,6 +53,6 @@ rule prune_tables:
         mem_mb=2000,
         runtime=10,
     shell:
-        "dead-directions prune-tables {input} --family {wildcards.family} "
-        "--csv {output.csv} --markdown {output.markdown} --figure {output.figure} "
-        "> {log} 2>&1"
+        "dead-directions prune-tables {input:q} --family {wildcards.family:q} "
+        "--csv {output.csv:q} --markdown {output.markdown:q} --figure {output.figure:q} "
+        "> {log:q} 2>&1"

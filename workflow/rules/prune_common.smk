@@ -20,7 +20,7 @@ def prune_checkpoints(wildcards):
             family=wildcards.family, size=wildcards.size, step=pad(step)
         )
         items.append(f"{step}={checkpoint_path(cell)}")
-    return " ".join(items)
+    return items
 
 
 def prune_outputs(family):
@@ -43,8 +43,8 @@ def all_prune(wildcards):
 
 
 def prune_args(wildcards):
-    args = f"--probe {PRUNE['probe']} --tolerance {PRUNE['tolerance']} "
-    args += f"--metric-tolerance {PRUNE['metric_tolerance']}"
+    args = ["--probe", str(PRUNE["probe"]), "--tolerance", str(PRUNE["tolerance"])]
+    args += ["--metric-tolerance", str(PRUNE["metric_tolerance"])]
     if PRUNE.get("score_tol") is not None:
-        args += f" --score-tol {PRUNE['score_tol']}"
+        args += ["--score-tol", str(PRUNE["score_tol"])]
     return args

@@ -3,7 +3,7 @@
 
 rule figures:
     input:
-        summary=f"{RESULTS}/summary/cells.csv",
+        summary=SUMMARY,
     output:
         heatmap=report(
             f"{RESULTS}/figures/{{family}}/order_heatmap.png",
@@ -38,14 +38,14 @@ rule figures:
         checkpoint=rate_curves_args,
         out_dir=f"{RESULTS}/figures/{{family}}",
     shell:
-        "dead-directions figures --summary {input.summary} --store {params.store} "
-        "--family {wildcards.family} {params.checkpoint} --out-dir {params.out_dir} "
-        "> {log} 2>&1"
+        "dead-directions figures --summary {input.summary:q} --store {params.store:q} "
+        "--family {wildcards.family:q} {params.checkpoint:q} --out-dir {params.out_dir:q} "
+        "> {log:q} 2>&1"
 
 
 rule report:
     input:
-        summary=f"{RESULTS}/summary/cells.csv",
+        summary=SUMMARY,
         tables=all_tables,
         figures=all_figures,
         prune=all_prune,
@@ -70,5 +70,5 @@ rule report:
         figures=figure_args,
         store=STORE,
     shell:
-        "dead-directions report --summary {input.summary} --figures {params.figures} "
-        "--store {params.store} --out {output.markdown} > {log} 2>&1"
+        "dead-directions report --summary {input.summary:q} --figures {params.figures:q} "
+        "--store {params.store:q} --out {output.markdown:q} > {log:q} 2>&1"
