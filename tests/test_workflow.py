@@ -413,3 +413,167 @@ def test_read_one_checkpoint_prints_a_table_and_writes_a_store(tiny_run, tmp_pat
     assert sorted(cell["detector"].values) == ["kfac", "kfac", "random", "random"]
     reference = store.cell_dataset(tiny_run / "results" / "store.zarr", key)
     assert sorted(cell["label"].values) == sorted(reference["label"].values)
+
+
+# --------------------------------------------------------------- untrusted config, guards
+def _no_job_ran(workdir: Path) -> bool:
+    return not (workdir / "results" / "checkpoints").exists() and not (workdir / "logs").exists()
+
+
+def test_config_strings_never_reach_a_shell(tmp_path):
+    pwned = tmp_path / "pwned"
+    cases = {}
+    bad = json.loads(json.dumps(TINY))
+    bad["families"]["mlp"]["layers"] = ["fc1", f"$(touch {pwned})"]
+    cases["layers"] = bad
+    bad = json.loads(json.dumps(TINY))
+    bad["dask"] = {"kind": "threads", "memory": f"auto'$(touch {pwned})'"}
+    cases["memory"] = bad
+    bad = json.loads(json.dumps(TINY))
+    bad["families"]["mlp"].pop("train")
+    bad["families"]["mlp"]["checkpoints"] = {
+        "h4": {"0": f"ckpt$(touch {pwned})", "30": "ckpt.safetensors"}
+    }
+    cases["checkpoints"] = bad
+    cases["results"] = {**TINY, "results": f"results;touch {pwned}"}
+    cases["store"] = {**TINY, "store": f"store`touch {pwned}`.zarr"}
+    for name, config in cases.items():
+        work = tmp_path / name
+        rc, text = snakemake(work, config)
+        assert rc != 0, text[-3000:]
+        assert "Error validating config file" in text and name in text, text[-3000:]
+        assert not pwned.exists(), name
+        assert _no_job_ran(work) and not (work / "results").exists(), name
+
+
+def test_paths_reach_the_shell_quoted(tmp_path):
+    config = {**TINY, "results": "my results", "store": "my store.zarr"}
+    rc, text = snakemake(tmp_path / "quoted", config, "-n", "-p")
+    assert rc == 0, text[-3000:]
+    assert "--manifest 'my results/checkpoints/mlp/h4/manifest.json'" in text
+    assert "'0=my results/checkpoints/mlp/h4/step0000000.safetensors'" in text
+    assert "--store 'my store.zarr' --dask '{\"kind\": \"threads\"" in text
+
+
+def test_a_store_deleted_mid_run_is_rebuilt_by_the_same_command(tiny_run, tmp_path):
+    work = _copy(tiny_run, tmp_path / "deleted")
+    results = work / "results"
+    path = results / "store.zarr"
+    # as if the sweep had run up to detect; then the store is deleted while it measures
+    for sub in ("store.zarr", "store.zarr.ledger", "store.init.json", "summary", "tables"):
+        target = results / sub
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    for sub in ("figures", "report.md", "report.html"):
+        target = results / sub
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    cfg = work / "first.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    done = results / "store.zarr.ledger" / "done"
+    with open(work / "first.log", "w") as fh:
+        proc = subprocess.Popen(
+            _command(work, cfg, ()), stdout=fh, stderr=subprocess.STDOUT, env=ENV
+        )
+        deadline = time.monotonic() + 600
+        while not list(done.rglob("*.json")):
+            assert proc.poll() is None, (work / "first.log").read_text()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        shutil.rmtree(path)
+        proc.wait(timeout=600)
+    rc, text = snakemake(work, TINY, log="rerun")
+    assert rc == 0, text[-4000:]
+    assert sorted(store.done_cells(path)) == sorted(CELLS)
+    stores_equal(path, tiny_run / "results" / "store.zarr")
+    ds = store.open(path, chunks=None).load()
+    assert (ds["n_directions"].values > 0).all()  # no empty cell counted done
+    assert f"{len(CELLS)} cells" in (results / "report.md").read_text()
+    # deleted after the sweep finished: the same command rebuilds it too
+    shutil.rmtree(path)
+    rc, text = snakemake(work, TINY, log="again")
+    assert rc == 0, text[-4000:]
+    assert "store results/store.zarr is gone" in text
+    assert {rule for rule, _ in jobs_run(text)} >= {"init_store", "measure", "aggregate"}
+    assert sorted(store.done_cells(path)) == sorted(CELLS)
+    stores_equal(path, tiny_run / "results" / "store.zarr")
+    rc, text = snakemake(work, TINY, "-n", log="nothing")
+    assert rc == 0 and "Nothing to be done" in text
+
+
+def test_a_second_sweep_with_another_config_is_refused_while_one_runs(tiny_run, tmp_path):
+    work = _copy(tiny_run, tmp_path / "two")
+    results = work / "results"
+    for sub in ("store.zarr", "store.zarr.ledger", "store.init.json", "summary", "tables"):
+        target = results / sub
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    cfg = work / "same.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    procs, logs = [], []
+    for i in range(2):  # two runs of the same config share the folder
+        logs.append(work / f"same{i}.log")
+        with open(logs[-1], "w") as fh:
+            procs.append(
+                subprocess.Popen(
+                    _command(work, cfg, ()), stdout=fh, stderr=subprocess.STDOUT, env=ENV
+                )
+            )
+    locks = results / ".sweep-lock"
+    deadline = time.monotonic() + 300
+    while not any(f"pid {p.pid}" in f.read_text() for f in locks.glob("*.lock") for p in procs):
+        assert all(p.poll() is None for p in procs), logs[0].read_text()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    other = {**TINY, "seed": 1}
+    rc, text = snakemake(work, other, log="other")
+    assert rc != 0
+    assert f"results folder {results.resolve()} is in use by a running sweep" in text
+    assert any(f"pid {p.pid}" in text for p in procs)
+    assert [p.wait(timeout=600) for p in procs] == [0, 0], logs[1].read_text()[-3000:]
+    stores_equal(results / "store.zarr", tiny_run / "results" / "store.zarr")
+    # once they have ended, the other config may use the folder
+    rc, text = snakemake(work, other, "-n", log="after")
+    assert rc == 0, text[-3000:]
+
+
+def test_a_changed_store_layout_is_refused_and_reverting_it_recomputes_nothing(tiny_run, tmp_path):
+    work = _copy(tiny_run, tmp_path / "layout")
+    changed = json.loads(json.dumps(TINY))
+    changed["store_layout"]["n_radii"] = 15
+    rc, text = snakemake(work, changed, log="changed")
+    assert rc != 0 and "config: store_layout: the store results/store.zarr was created" in text
+    assert not jobs_run(text)
+    changed["store_layout"]["max_directions"] = 16
+    changed["store_layout"]["n_radii"] = 13
+    rc, text = snakemake(work, changed, log="changed2")
+    assert rc != 0 and "max_directions = 16" in text and not jobs_run(text)
+    rc, text = snakemake(work, TINY, "-n", log="reverted")
+    assert rc == 0 and "Nothing to be done" in text, text[-3000:]
+
+
+def test_config_values_that_would_fail_late_fail_before_any_job(tmp_path):
+    bad = json.loads(json.dumps(TINY))
+    bad["store_layout"]["r_min"] = 2.0
+    rc, text = snakemake(tmp_path / "radii", bad)
+    assert rc != 0 and "config: store_layout.r_min: 2.0 must be below" in text
+    assert _no_job_ran(tmp_path / "radii")
+    bad = json.loads(json.dumps(TINY))
+    bad["families"]["mlp"]["rate_curves"] = "h8:30"
+    rc, text = snakemake(tmp_path / "curves", bad)
+    assert rc != 0 and "families.mlp.rate_curves: h8:30 is not a swept checkpoint" in text
+    assert _no_job_ran(tmp_path / "curves")
+    if not torch.cuda.is_available():
+        rc, text = snakemake(tmp_path / "cuda", {**TINY, "device": "cuda"})
+        assert rc != 0 and "config: device: cuda asked for, but this machine has 0" in text
+        assert _no_job_ran(tmp_path / "cuda")
+
+
+def test_read_refuses_a_family_the_sidecar_contradicts(tiny_run):
+    checkpoint = tiny_run / "results" / "checkpoints" / "mlp" / "h4" / "step0000030.safetensors"
+    out = subprocess.run(
+        [str(BIN / "dead-directions"), "read", str(checkpoint), "--family", "mlp-z2"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 2
+    assert "sidecar says family 'mlp'" in out.stderr and "--override-family" in out.stderr
