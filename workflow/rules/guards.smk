@@ -172,9 +172,13 @@ if workflow.is_main_process:
 HELD = []
 
 
-# When jobs are about to run (not in a dry run): hold the folders, check the device.
+# When jobs are about to run (not in a dry run; in the main Snakemake process only, not in a
+# cluster job's own): hold the folders, check the device.
 onstart:
-    HELD.append(hold_folder(RESULTS, f"{RESULTS}/.sweep-lock", "results folder"))
-    if not Path(STORE).resolve().is_relative_to(Path(RESULTS).resolve()):
-        HELD.append(hold_folder(STORE, f"{STORE}.sweep-lock", "store"))
-    check_device()
+    if workflow.is_main_process:
+        HELD.append(
+            hold_folder(RESULTS, f"{RESULTS}/.sweep-lock", "results folder")
+        )
+        if not Path(STORE).resolve().is_relative_to(Path(RESULTS).resolve()):
+            HELD.append(hold_folder(STORE, f"{STORE}.sweep-lock", "store"))
+        check_device()
