@@ -452,7 +452,7 @@ def test_paths_reach_the_shell_quoted(tmp_path):
     assert rc == 0, text[-3000:]
     assert "--manifest 'my results/checkpoints/mlp/h4/manifest.json'" in text
     assert "'0=my results/checkpoints/mlp/h4/step0000000.safetensors'" in text
-    assert "--store 'my store.zarr' --dask '{\"kind\": \"threads\"" in text
+    assert '--store \'my store.zarr\' --dask \'{"kind": "threads"' in text
 
 
 def test_a_store_deleted_mid_run_is_rebuilt_by_the_same_command(tiny_run, tmp_path):

@@ -221,10 +221,13 @@ def write_report(
     *,
     store_path: str | os.PathLike = "",
     title: str = "dead-directions sweep",
+    missing: str | os.PathLike | None = None,
 ) -> list[Path]:
     """Write ``out`` (``.md``, figures linked) and its ``.html`` twin (figures embedded).
 
-    ``figure_dirs`` maps each family to the folder holding its :data:`FIGURES`.
+    ``figure_dirs`` maps each family to the folder holding its :data:`FIGURES`;
+    ``missing``: the CSV of checkpoints the config lists but the disk lacks (``dead-directions
+    missing``), shown as its own section when it has rows.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -279,6 +282,21 @@ def write_report(
             extra_md, extra_html = report_section(family, prune_csv, png, out)
             md += extra_md
             body += extra_html
+    if missing is not None:
+        import pandas as pd
+
+        absent = pd.read_csv(missing, dtype=str)
+        if len(absent):
+            note = (
+                f"{len(absent)} checkpoint(s) listed in the config are not on disk; the rest of "
+                "the sweep was read, and a rerun reads them once they appear."
+            )
+            md += ["## Missing checkpoints", "", note, "", absent.to_markdown(index=False), ""]
+            body += [
+                "<h2>Missing checkpoints</h2>",
+                f"<p>{html.escape(note)}</p>",
+                absent.to_html(index=False, escape=True),
+            ]
     out.write_text("\n".join(md))
     page = out.with_suffix(".html")
     page.write_text(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import hashlib
 import json
 import math
@@ -17,6 +18,7 @@ import numpy as np
 from . import store
 
 DTYPES = ("auto", "float64", "float32")
+SPEC_HELP = "a declared family's config entry as JSON (dd.declared); default: the zoo family"
 # The sweep's name for the root module ('' in named_modules(), which owns parameters such
 # as a positional embedding): '' cannot be a path component or a store label.
 ROOT_LAYER = "_root"
@@ -282,11 +284,17 @@ def cap_directions(directions: Sequence, limit: int) -> tuple[list, int]:
 # --------------------------------------------------------------------------------------
 
 
-def family(name: str):
-    """The zoo family ``name`` (``dd.zoo.get_family``)."""
-    from . import zoo
+def family(name: str, spec: str | Mapping | None = None):
+    """The family of a job: the family declared by ``spec`` (its config entry, a mapping or
+    its JSON text; ``dd.declared``), else the zoo family ``name``."""
+    from . import declared
 
-    return zoo.get_family(name)
+    if isinstance(spec, str):
+        try:
+            spec = json.loads(spec) if spec.strip() else None
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--spec: not valid JSON ({err}).") from None
+    return declared.resolve(name, spec)
 
 
 def load_model(
@@ -295,20 +303,26 @@ def load_model(
     size: str | None = None,
     *,
     override_family: bool = False,
+    fam=None,
 ):
     """``(model, meta)`` of a checkpoint of ``family_name``; ``ValueError`` names the cause.
 
-    A checkpoint whose sidecar names another family is refused unless ``override_family``
-    (see ``dd.checkpoints.load``); NaN or infinite weights are refused.
+    ``fam``: a declared family (``dd.declared.DeclaredFamily``) loads with its own builder;
+    otherwise ``dd.checkpoints.load`` with the family's name. A checkpoint whose sidecar
+    names another family is refused unless ``override_family``; NaN or infinite weights are
+    refused.
     """
-    from . import checkpoints
+    from . import checkpoints, declared
 
     path = Path(checkpoint)
     if not path.exists():
         raise ValueError(f"checkpoint {path} does not exist.")
-    model, meta = checkpoints.load(
-        path, family=family_name, size=size, override_family=override_family
-    )
+    if isinstance(fam, declared.DeclaredFamily):
+        model, meta = fam.load(path, size)
+    else:
+        model, meta = checkpoints.load(
+            path, family=family_name, size=size, override_family=override_family
+        )
     for name, value in model.named_parameters():
         bad = int((~value.detach().isfinite()).sum())
         if bad:
@@ -389,7 +403,23 @@ def cmd_checkpoints(args) -> int:
     started = time.perf_counter()
     _threads(args.threads)
     root = Path(args.root)
-    if args.external:
+    fam = family(args.family, args.spec)
+    missing: list[int] = []
+    from .declared import DeclaredFamily
+
+    if isinstance(fam, DeclaredFamily):
+        on_disk = fam.steps_on_disk(args.size)
+        wanted = args.save or on_disk
+        steps = {s: str(fam.checkpoint(args.size, s)) for s in wanted if s in on_disk}
+        missing = [s for s in wanted if s not in on_disk]
+        for s in missing:
+            print(
+                f"warning: {args.family}/{args.size} step {s}: no checkpoint at "
+                f"{fam.checkpoint(args.size, s)}",
+                file=sys.stderr,
+            )
+        how = "found"
+    elif args.external:
         steps = {}
         for item in args.external:
             step, _, path = item.partition("=")
@@ -418,6 +448,7 @@ def cmd_checkpoints(args) -> int:
         "tiny": bool(args.tiny),
         "how": how,
         "checkpoints": {str(k): v for k, v in sorted(steps.items())},
+        "missing": missing,
     }
     out = Path(args.manifest)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -431,8 +462,13 @@ def cmd_checkpoints(args) -> int:
 
 def cmd_probe(args) -> int:
     """Draw a family's probe inputs and save them (with their hash)."""
-    fam = family(args.family)
-    inputs = fam.probe(n=args.n, seed=args.seed)
+    from .declared import DeclaredFamily
+
+    fam = family(args.family, args.spec)
+    if isinstance(fam, DeclaredFamily):
+        inputs = fam.probe(n=args.n, seed=args.seed, tokenizer_from=args.tokenizer_from)
+    else:
+        inputs = fam.probe(n=args.n, seed=args.seed)
     digest = save_probe(inputs, args.out)
     print(f"probe data of {args.family}: {args.out} (sha256 {digest[:12]})")
     return 0
@@ -443,19 +479,21 @@ def cmd_layers(args) -> int:
     from . import detectors
 
     _threads(args.threads)
+    fam = family(args.family, args.spec)
     if args.checkpoint:
-        model, _ = load_model(args.checkpoint, args.family, args.size)
+        model, _ = load_model(args.checkpoint, args.family, args.size, fam=fam)
     else:
-        model = family(args.family).build(args.size)
-    names = [sweep_layer(n) for n in detectors.layers(model)]
+        model = fam.build(args.size)
+    select = getattr(fam, "select_layers", detectors.layers)
+    names = [sweep_layer(n) for n in select(model)]
     if args.only:
-        unknown = sorted(set(args.only) - set(names))
+        unknown = [p for p in args.only if not any(fnmatch.fnmatchcase(n, p) for n in names)]
         if unknown:
             raise ValueError(
-                f"layers {unknown} are not sweep layers of {args.family}/{args.size}; "
+                f"layers {unknown} match no sweep layer of {args.family}/{args.size}; "
                 f"available: {names}"
             )
-        names = [n for n in names if n in set(args.only)]
+        names = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in args.only)]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(names, indent=1) + "\n")
@@ -509,8 +547,8 @@ def cmd_detect(args) -> int:
     """Run the detectors on one layer of one checkpoint; save the directions."""
     started = time.perf_counter()
     _threads(args.threads)
-    fam = family(args.family)
-    model, _ = load_model(args.checkpoint, args.family, args.size)
+    fam = family(args.family, args.spec)
+    model, _ = load_model(args.checkpoint, args.family, args.size, fam=fam)
     inputs, digest = load_probe(args.probe)
     check_probe(model, inputs, args.probe)
     limit = store.layout(args.store).max_directions if args.store else args.limit
@@ -571,9 +609,9 @@ def cmd_measure(args) -> int:
     started = time.perf_counter()
     _threads(args.threads)
     key = store.CellKey(args.family, args.size, int(args.step), args.layer)
-    fam = family(args.family)
+    fam = family(args.family, args.spec)
     lay = store.layout(args.store)
-    model, _ = load_model(args.checkpoint, args.family, args.size)
+    model, _ = load_model(args.checkpoint, args.family, args.size, fam=fam)
     inputs, digest = load_probe(args.probe)
     check_probe(model, inputs, args.probe)
     directions = load_directions(args.directions)
@@ -703,8 +741,37 @@ def cmd_report(args) -> int:
 
     frame = _summary(args.summary)
     dirs = dict(item.split("=", 1) for item in args.figures or [])
-    paths = write_report(frame, dirs, args.out, store_path=args.store or "")
+    paths = write_report(frame, dirs, args.out, store_path=args.store or "", missing=args.missing)
     print("\n".join(map(str, paths)))
+    return 0
+
+
+def cmd_check_family(args) -> int:
+    """Check a declared family on one of its checkpoints before a sweep runs (the workflow
+    calls this when it starts): builder, probe, output and layer patterns."""
+    from . import declared
+
+    fam = declared.DeclaredFamily.from_config(args.family, json.loads(args.spec))
+    layers = declared.check(fam, args.size, args.step)
+    print(f"{args.family}: {len(layers)} layers: {', '.join(layers)}")
+    return 0
+
+
+def cmd_missing(args) -> int:
+    """Write the table of checkpoints the config lists but the disk lacks (CSV)."""
+    import pandas as pd
+
+    try:
+        records = json.loads(args.records)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--records: not valid JSON ({err}).") from None
+    frame = pd.DataFrame(records, columns=["family", "size", "step", "path"])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out, index=False)
+    for row in records:
+        print(f"missing: {row['family']}/{row['size']} step {row['step']}: {row['path']}")
+    print(f"{len(records)} missing checkpoints -> {out}")
     return 0
 
 
@@ -799,6 +866,7 @@ def _cell_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--probe", required=True, help="probe data (from `dead-directions probe`)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--spec", default=None, help=SPEC_HELP)
 
 
 def add_parser(sub) -> None:
@@ -812,6 +880,7 @@ def add_parser(sub) -> None:
     p.add_argument("--external", nargs="*", default=None, help="STEP=PATH checkpoints to use")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--manifest", required=True, help="manifest JSON to write")
+    p.add_argument("--spec", default=None, help=SPEC_HELP)
     p.set_defaults(func=cmd_checkpoints)
 
     p = sub.add_parser("probe", help="save a family's probe inputs")
@@ -819,6 +888,10 @@ def add_parser(sub) -> None:
     p.add_argument("--n", type=int, default=None, help="probe inputs (family default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
+    p.add_argument("--spec", default=None, help=SPEC_HELP)
+    p.add_argument(
+        "--tokenizer-from", default=None, help="a checkpoint folder with the tokenizer (text)"
+    )
     p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("layers", help="list the layers a sweep fans out over (JSON)")
@@ -828,6 +901,7 @@ def add_parser(sub) -> None:
     p.add_argument("--only", nargs="*", default=None, help="keep only these layers")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True)
+    p.add_argument("--spec", default=None, help=SPEC_HELP)
     p.set_defaults(func=cmd_layers)
 
     p = sub.add_parser("detect", help="run the detectors on one layer of one checkpoint")
@@ -888,8 +962,21 @@ def add_parser(sub) -> None:
     p.add_argument("--summary", required=True)
     p.add_argument("--figures", nargs="*", default=None, help="FAMILY=DIR of its figures")
     p.add_argument("--store", default=None)
+    p.add_argument("--missing", default=None, help="CSV of missing checkpoints (a section)")
     p.add_argument("--out", required=True, help="report .md (an .html twin is written)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("check-family", help="check a declared family before a sweep")
+    p.add_argument("--family", required=True)
+    p.add_argument("--spec", required=True, help=SPEC_HELP)
+    p.add_argument("--size", required=True)
+    p.add_argument("--step", required=True, type=int)
+    p.set_defaults(func=cmd_check_family)
+
+    p = sub.add_parser("missing", help="table of the checkpoints the config lists but lacks")
+    p.add_argument("--records", required=True, help="JSON list of {family, size, step, path}")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_missing)
 
     p = sub.add_parser("read", help="detect and read one checkpoint; print a table")
     p.add_argument("checkpoint")

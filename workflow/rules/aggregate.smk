@@ -46,3 +46,22 @@ rule tables:
     shell:
         "dead-directions tables --summary {input:q} --family {wildcards.family:q} "
         "--out-dir {params.out_dir:q} > {log:q} 2>&1"
+
+
+rule missing:
+    output:
+        MISSING_TABLE,
+    log:
+        "logs/missing.log",
+    benchmark:
+        "benchmarks/out/missing.tsv"
+    conda:
+        "../envs/dead-directions.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        records=missing_records,
+    shell:
+        "dead-directions missing --records {params.records:q} --out {output:q} > {log:q} 2>&1"

@@ -2,9 +2,19 @@
 # Plain Python only: the package (and torch) is imported by the jobs, never here.
 # Every value that reaches a shell command is quoted by the rules ({params.x:q}, given
 # as a list of arguments) and restricted by the schema (workflow/schemas/config.schema.yaml).
+import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
+
+# Checkpoint layouts of declared families (the package's standard-library module, loaded by
+# path: importing the package would import torch whenever the workflow is parsed).
+_LAYOUT_FILE = Path(workflow.basedir) / "src" / "dead_directions" / "layout.py"
+_spec = importlib.util.spec_from_file_location("dead_directions_layout", _LAYOUT_FILE)
+layout_module = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = layout_module  # dataclasses look their module up there
+_spec.loader.exec_module(layout_module)
 
 RESULTS = config["results"]
 STORE = config["store"] or f"{RESULTS}/store.zarr"
@@ -12,6 +22,7 @@ STORE = config["store"] or f"{RESULTS}/store.zarr"
 DONE = f"{STORE}.ledger/done"
 STORE_READY = f"{RESULTS}/store.init.json"
 SUMMARY = f"{RESULTS}/summary/cells.csv"
+MISSING_TABLE = f"{RESULTS}/tables/missing.csv"
 # Counts rebuilds of a deleted or replaced store (guards.smk).
 GENERATION = f"{RESULTS}/.store-generation"
 FAMILIES = config["families"]
@@ -45,10 +56,41 @@ def _fail(key, message):
     raise ValueError(f"config: {key}: {message}")
 
 
+def is_declared(family):
+    """Whether the family is declared in the config (its own builder), not a zoo family."""
+    return "builder" in FAMILIES[family]
+
+
+def check_declared(name, spec):
+    """A declared family's layout and probe file; returns its checkpoint layout."""
+    try:
+        lay = layout_module.parse_layout(spec.get("checkpoints"))
+    except layout_module.LayoutError as err:
+        _fail(f"families.{name}.{err.key}", err.message)
+    probe = spec.get("probe", {}).get("path")
+    if not probe:
+        _fail(
+            f"families.{name}.probe.path",
+            "required: the probe data of a declared family",
+        )
+    if not Path(probe).expanduser().exists():
+        _fail(f"families.{name}.probe.path", f"{probe} does not exist")
+    tokenizer = spec.get("probe", {}).get("tokenizer")
+    if tokenizer and not Path(tokenizer).expanduser().exists():
+        _fail(f"families.{name}.probe.tokenizer", f"{tokenizer} does not exist")
+    return lay
+
+
 def check_families():
     """Checks the schema cannot express: read steps among the saved ones, one source, the
-    rate-curve checkpoint among the swept ones."""
+    rate-curve checkpoint among the swept ones, declared families' layouts and probes.
+    """
     for name, spec in FAMILIES.items():
+        if is_declared(name):
+            LAYOUTS[name] = check_declared(name, spec)
+            continue
+        if not spec.get("steps"):
+            _fail(f"families.{name}.steps", "required for a zoo family")
         chosen = spec.get("rate_curves")
         if chosen:
             size, _, step = chosen.rpartition(":")
@@ -96,8 +138,39 @@ def config_radii():
     return [10 ** (lo + (hi - lo) * i / (n - 1)) for i in range(n)]
 
 
+LAYOUTS = {}
 check_families()
 RADII = config_radii()
+
+
+def _steps():
+    """(family, size) → the steps read; and the checkpoints listed but not on disk."""
+    present, missing = {}, []
+    for family, spec in FAMILIES.items():
+        for size in spec["sizes"]:
+            if not is_declared(family):
+                present[family, size] = list(spec["steps"])
+                continue
+            lay = LAYOUTS[family]
+            on_disk = lay.steps_on_disk(size)
+            wanted = spec.get("steps") or on_disk
+            present[family, size] = [s for s in wanted if s in on_disk]
+            missing += [
+                {
+                    "family": family,
+                    "size": size,
+                    "step": s,
+                    "path": str(lay.path(size, s)),
+                }
+                for s in wanted
+                if s not in on_disk
+            ]
+    return present, missing
+
+
+# Steps whose checkpoints exist (declared families: found on disk when the workflow is
+# parsed, so a checkpoint that appears later is read by the next run) and those missing.
+STEPS, MISSING = _steps()
 
 
 def pad(step):
@@ -109,14 +182,19 @@ def is_external(family):
 
 
 def manifest(wildcards):
-    """The checkpoint manifest of a (family, size) (the train rule's output)."""
-    return f"{RESULTS}/checkpoints/{wildcards.family}/{wildcards.size}/manifest.json"
+    """The checkpoint manifest of a (family, size) (the train rule's output). A declared
+    family's manifest is rewritten when its checkpoints on disk change: ancient, so that
+    this reruns no cell already read."""
+    path = f"{RESULTS}/checkpoints/{wildcards.family}/{wildcards.size}/manifest.json"
+    return ancient(path) if is_declared(wildcards.family) else path
 
 
 def checkpoint_path(wildcards):
     """The checkpoint file of a cell (read by the job, not an input: a missing file fails
     that job with its name, instead of the whole DAG)."""
     family, size, step = wildcards.family, wildcards.size, int(wildcards.step)
+    if is_declared(family):
+        return str(LAYOUTS[family].path(size, step))
     if is_external(family):
         given = {str(k): v for k, v in FAMILIES[family]["checkpoints"][size].items()}
         return given[str(step)]
@@ -133,8 +211,10 @@ def cells():
     """Every (family, size, step, layer) cell of the config."""
     for family, spec in FAMILIES.items():
         for size in spec["sizes"]:
+            if not STEPS[family, size]:
+                continue  # no checkpoint of this size yet
             for layer in layers_of(family, size):
-                for step in spec["steps"]:
+                for step in STEPS[family, size]:
                     yield family, size, pad(step), layer
 
 
@@ -161,8 +241,37 @@ def detector_args(wildcards):
 
 
 def layer_args(wildcards):
-    layers = FAMILIES[wildcards.family].get("layers", "auto")
+    """`--only PATTERN …` (zoo families), or a declared family's spec and the checkpoint
+    its model is read from (the first one of the size)."""
+    family, size = wildcards.family, wildcards.size
+    if is_declared(family):
+        step = STEPS[family, size][0]
+        path = str(LAYOUTS[family].path(size, step))
+        return [*spec_args(wildcards), "--checkpoint", path]
+    layers = FAMILIES[family].get("layers", "auto")
     return [] if layers == "auto" else ["--only", *layers]
+
+
+def spec_args(wildcards):
+    """`--spec JSON` of a declared family (its config entry), none for a zoo family."""
+    if not is_declared(wildcards.family):
+        return []
+    return ["--spec", json.dumps(FAMILIES[wildcards.family], sort_keys=True)]
+
+
+def probe_source_args(wildcards):
+    """A declared family's spec, and for a text probe the first checkpoint folder (its
+    tokenizer) unless `probe.tokenizer` names one."""
+    family = wildcards.family
+    if not is_declared(family):
+        return []
+    args = spec_args(wildcards)
+    first = [
+        (size, s) for (f, size), steps in STEPS.items() if f == family for s in steps
+    ]
+    if first and not FAMILIES[family].get("probe", {}).get("tokenizer"):
+        args += ["--tokenizer-from", str(LAYOUTS[family].path(*first[0]))]
+    return args
 
 
 def probe_args(wildcards):
@@ -173,6 +282,9 @@ def probe_args(wildcards):
 def train_args(wildcards):
     """`--save …` for the zoo, or `--external STEP=PATH …` for checkpoints the user brings."""
     spec = FAMILIES[wildcards.family]
+    if is_declared(wildcards.family):
+        wanted = spec.get("steps") or STEPS[wildcards.family, wildcards.size]
+        return [*spec_args(wildcards), "--save", *(str(s) for s in wanted)]
     if is_external(wildcards.family):
         given = spec["checkpoints"][wildcards.size]
         pairs = sorted(given.items(), key=lambda kv: int(kv[0]))
@@ -237,7 +349,21 @@ def layer_lists(wildcards):
         f"{RESULTS}/layers/{family}/{size}.json"
         for family, spec in FAMILIES.items()
         for size in spec["sizes"]
+        if STEPS[family, size]
     ]
+
+
+def present_checkpoints(wildcards):
+    """The checkpoints of a declared (family, size) on disk: the manifest reruns when they
+    change."""
+    if not is_declared(wildcards.family):
+        return []
+    return [str(s) for s in STEPS[wildcards.family, wildcards.size]]
+
+
+def missing_records(wildcards):
+    """The checkpoints listed in the config but not on disk, as JSON."""
+    return json.dumps(MISSING)
 
 
 def final_targets(wildcards):
@@ -247,4 +373,5 @@ def final_targets(wildcards):
         *all_figures(wildcards),
         f"{RESULTS}/report.md",
         f"{RESULTS}/report.html",
+        MISSING_TABLE,
     ]

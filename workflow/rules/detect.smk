@@ -20,10 +20,11 @@ rule detect:
     params:
         checkpoint=checkpoint_path,
         detectors=detector_args,
+        spec=spec_args,
         seed=config["seed"],
         limit=config["store_layout"]["max_directions"],
     shell:
         "dead-directions detect --family {wildcards.family:q} --size {wildcards.size:q} "
         "--step {wildcards.step:q} --layer {wildcards.layer:q} --checkpoint {params.checkpoint:q} "
-        "--probe {input.probe:q} {params.detectors:q} --seed {params.seed:q} "
+        "--probe {input.probe:q} {params.detectors:q} {params.spec:q} --seed {params.seed:q} "
         "--limit {params.limit:q} --threads {threads:q} --out {output:q} > {log:q} 2>&1"

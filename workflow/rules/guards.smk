@@ -168,6 +168,36 @@ if workflow.is_main_process:
     check_store()
 
 
+def check_declared_families():
+    """Each declared family checked on its first checkpoint (`dead-directions check-family`:
+    builder, probe, output, layer patterns) before any job; the error names the key."""
+    for family, spec in FAMILIES.items():
+        if not is_declared(family):
+            continue
+        present = [
+            (size, s)
+            for (f, size), steps in STEPS.items()
+            if f == family
+            for s in steps
+        ]
+        if not present:
+            continue
+        size, step = present[0]
+        command = [
+            "dead-directions",
+            "check-family",
+            "--family",
+            family,
+            "--size",
+            size,
+        ]
+        command += ["--step", str(step), "--spec", json.dumps(spec, sort_keys=True)]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode:
+            lines = (done.stderr or done.stdout).strip().splitlines()
+            raise ValueError(lines[-1] if lines else f"check-family {family} failed")
+
+
 # The open lock files of this run (kept referenced: closing one would release it).
 HELD = []
 
@@ -182,3 +212,4 @@ onstart:
         if not Path(STORE).resolve().is_relative_to(Path(RESULTS).resolve()):
             HELD.append(hold_folder(STORE, f"{STORE}.sweep-lock", "store"))
         check_device()
+        check_declared_families()

@@ -51,6 +51,7 @@ rule measure:
     params:
         checkpoint=checkpoint_path,
         store=store_of,
+        spec=spec_args,
         device=config["device"],
         dtype=config["dtype"],
         seed=config["seed"],
@@ -59,4 +60,4 @@ rule measure:
         "--step {wildcards.step:q} --layer {wildcards.layer:q} --checkpoint {params.checkpoint:q} "
         "--probe {input.probe:q} --directions {input.directions:q} --store {params.store:q} "
         "--device {params.device:q} --dtype {params.dtype:q} --seed {params.seed:q} "
-        "--threads {threads:q} > {log:q} 2>&1"
+        "--threads {threads:q} {params.spec:q} > {log:q} 2>&1"

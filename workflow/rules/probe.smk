@@ -16,9 +16,11 @@ rule probe:
         runtime=10,
     params:
         n=probe_args,
+        source=probe_source_args,
         seed=config["seed"],
     shell:
-        "dead-directions probe --family {wildcards.family:q} {params.n:q} --seed {params.seed:q} "
+        "dead-directions probe --family {wildcards.family:q} {params.n:q} {params.source:q} "
+        "--seed {params.seed:q} "
         "--out {output:q} > {log:q} 2>&1"
 
 

@@ -39,7 +39,13 @@ def all_prune(wildcards):
     """The prune tables and figures of every family (none when `prune.enabled` is false)."""
     if not PRUNE["enabled"]:
         return []
-    return [path for family in FAMILIES for path in prune_outputs(family)]
+    # declared families bring their own architectures: the surgery knows the zoo's
+    return [
+        path
+        for family in FAMILIES
+        if not is_declared(family)
+        for path in prune_outputs(family)
+    ]
 
 
 def prune_args(wildcards):

@@ -49,6 +49,7 @@ rule report:
         tables=all_tables,
         figures=all_figures,
         prune=all_prune,
+        missing=MISSING_TABLE,
     output:
         markdown=f"{RESULTS}/report.md",
         html=report(
@@ -71,4 +72,4 @@ rule report:
         store=STORE,
     shell:
         "dead-directions report --summary {input.summary:q} --figures {params.figures:q} "
-        "--store {params.store:q} --out {output.markdown:q} > {log:q} 2>&1"
+        "--store {params.store:q} --missing {input.missing:q} --out {output.markdown:q} > {log:q} 2>&1"
