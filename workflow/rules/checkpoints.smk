@@ -18,8 +18,6 @@ rule train:
     params:
         root=root_of,
         schedule=train_args,
-        # a declared family's checkpoints on disk: the manifest is rewritten when they change
-        present=present_checkpoints,
     shell:
         "dead-directions checkpoints --family {wildcards.family:q} --size {wildcards.size:q} "
         "{params.schedule:q} --root {params.root:q} --threads {threads:q} "

@@ -183,8 +183,8 @@ def is_external(family):
 
 def manifest(wildcards):
     """The checkpoint manifest of a (family, size) (the train rule's output). A declared
-    family's manifest is rewritten when its checkpoints on disk change: ancient, so that
-    this reruns no cell already read."""
+    family's is ancient: its cells follow the checkpoints on disk (found when the workflow
+    is parsed), and a rewritten manifest must rerun no cell already read."""
     path = f"{RESULTS}/checkpoints/{wildcards.family}/{wildcards.size}/manifest.json"
     return ancient(path) if is_declared(wildcards.family) else path
 
@@ -283,8 +283,10 @@ def train_args(wildcards):
     """`--save …` for the zoo, or `--external STEP=PATH …` for checkpoints the user brings."""
     spec = FAMILIES[wildcards.family]
     if is_declared(wildcards.family):
-        wanted = spec.get("steps") or STEPS[wildcards.family, wildcards.size]
-        return [*spec_args(wildcards), "--save", *(str(s) for s in wanted)]
+        # the steps on disk when the job runs (not those seen at parse time: a parameter
+        # that changed with every new checkpoint would rerun this job each time)
+        listed = [str(s) for s in spec.get("steps", [])]
+        return [*spec_args(wildcards), *(["--save", *listed] if listed else [])]
     if is_external(wildcards.family):
         given = spec["checkpoints"][wildcards.size]
         pairs = sorted(given.items(), key=lambda kv: int(kv[0]))
@@ -351,14 +353,6 @@ def layer_lists(wildcards):
         for size in spec["sizes"]
         if STEPS[family, size]
     ]
-
-
-def present_checkpoints(wildcards):
-    """The checkpoints of a declared (family, size) on disk: the manifest reruns when they
-    change."""
-    if not is_declared(wildcards.family):
-        return []
-    return [str(s) for s in STEPS[wildcards.family, wildcards.size]]
 
 
 def missing_records(wildcards):
