@@ -2,6 +2,7 @@
 folders, a local hub cache, a module:function builder), their probe data, the sweep over
 them (kill and resume, a missing checkpoint), and bad declarations."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -18,112 +19,35 @@ from test_workflow import ENV, _command, jobs_run, snakemake, stores_equal
 from dead_directions import declared, store, zoo
 from dead_directions.declared import DeclarationError, DeclaredFamily
 
-TEXT = [
-    "the cat sat on the mat",
-    "a dog ran in the park",
-    "the bird sang in the tree",
-    "a fish swam in the sea",
-    "the sun rose over the hill",
-    "a child read a small book",
-    "the wind blew across the field",
-    "a man walked to the town",
-]
-SIZES = {"s1": 16, "s2": 24}  # hidden width per size
-STEPS = (2, 4)
-
-
-def _tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    words = sorted({w for line in TEXT for w in line.split()})
-    vocab = {"[PAD]": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(words)}}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]")
-
-
-def _neox(hidden: int, vocab: int):
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
-    config = GPTNeoXConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=2 * hidden,
-        max_position_embeddings=16,
-        attn_implementation="eager",
-    )
-    torch.manual_seed(hidden)
-    return GPTNeoXForCausalLM(config)
-
-
-def _train_and_save(root: Path, layout: str) -> None:
-    """A tiny GPT-NeoX (the Pythia architecture) per size, trained a few steps on TEXT, saved
-    as the Trainer lays checkpoints out (`checkpoint-{step}` with the tokenizer), or as a
-    local hub cache (`models--ORG--NAME/snapshots/<commit>`, `refs/step{step}`)."""
-    tok = _tokenizer()
-    enc = tok(TEXT, padding="max_length", max_length=8, return_tensors="pt")
-    for size, hidden in SIZES.items():
-        model = _neox(hidden, len(tok))
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        for step in range(1, max(STEPS) + 1):
-            out = model(**enc, labels=enc["input_ids"])
-            opt.zero_grad()
-            out.loss.backward()
-            opt.step()
-            if step not in STEPS:
-                continue
-            if layout == "trainer":
-                folder = root / "runs" / size / f"checkpoint-{step}"
-            else:
-                repo = root / "hub" / f"models--toy--neox-{size}"
-                commit = f"{size}{step:038d}"
-                folder = repo / "snapshots" / commit
-                (repo / "refs").mkdir(parents=True, exist_ok=True)
-                (repo / "refs" / f"step{step}").write_text(commit)
-            model.save_pretrained(folder)
-            tok.save_pretrained(folder)
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "example_training_run.py"
+_spec = importlib.util.spec_from_file_location("example_training_run", SCRIPT)
+example = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(example)
+TEXT, SIZES, STEPS = example.TEXT, example.SIZES, example.STEPS
 
 
 @pytest.fixture(scope="module")
 def trainer_runs(tmp_path_factory):
+    """The example training run (scripts/example_training_run.py), every layout."""
     root = tmp_path_factory.mktemp("declared")
-    _train_and_save(root, "trainer")
-    (root / "probe.txt").write_text("\n".join(TEXT) + "\n")
+    example.main([str(root)])
     return root
 
 
-def _config(root: Path, **family) -> dict:
-    spec = {
-        "builder": "hf",
-        "task": "causal-lm",
-        "sizes": list(SIZES),
-        "steps": list(STEPS),
-        "checkpoints": str(root / "runs" / "{size}" / "checkpoint-{step}"),
-        "probe": {"path": str(root / "probe.txt"), "kind": "text", "length": 8},
-        "likelihood": "categorical",
-        "output": "logits",
-        "layers": ["gpt_neox.layers.*.mlp.dense_4h_to_h"],
-        "detectors": ["random", "kfac"],
-        "max_per_layer": 2,
-        **family,
-    }
-    return {
-        "results": "results",
-        "seed": 0,
-        "device": "cpu",
-        "dtype": "float64",
-        "store_layout": {"max_directions": 8, "n_radii": 13},
-        "families": {"neox": spec},
-        "dask": {"kind": "threads"},
-    }
+def _example(name: str, root: Path) -> dict:
+    """A shipped example config (config/declared-*.yaml) pointed at ``root``."""
+    text = (ROOT / "config" / f"declared-{name}.yaml").read_text()
+    config = yaml.safe_load(text.replace("example-run/", f"{root}/"))
+    config["results"] = "results"
+    config["device"], config["dtype"] = "cpu", "float64"
+    return config
 
 
 # ------------------------------------------------------------------------- library level
 def test_a_declared_hf_family_loads_trainer_checkpoints_and_tokenises_text(trainer_runs):
-    spec = _config(trainer_runs)["families"]["neox"]
+    spec = _example("trainer", trainer_runs)["families"]["neox"]
+    spec["layers"] = ["gpt_neox.layers.*.mlp.dense_4h_to_h"]
     fam = DeclaredFamily.from_config("neox", spec)
     assert fam.steps_on_disk("s1") == list(STEPS)
     path = fam.checkpoint("s1", 4)
@@ -142,47 +66,55 @@ def test_a_declared_hf_family_loads_trainer_checkpoints_and_tokenises_text(train
     assert fam.select_layers(model) == ["gpt_neox.layers.0.mlp.dense_4h_to_h"]
 
 
-def test_a_local_hub_cache_is_read_by_revision(tmp_path):
-    _train_and_save(tmp_path, "cache")
-    (tmp_path / "probe.txt").write_text("\n".join(TEXT) + "\n")
-    spec = _config(tmp_path)["families"]["neox"]
-    spec["checkpoints"] = {"hf_cache": str(tmp_path / "hub"), "repo": "toy/neox-{size}"}
-    spec["probe"]["tokenizer"] = str(
-        next((tmp_path / "hub" / "models--toy--neox-s1" / "snapshots").iterdir())
-    )
-    fam = DeclaredFamily.from_config("neox", spec)
+def test_a_local_hub_cache_is_read_by_revision(trainer_runs):
+    spec = _example("hf-cache", trainer_runs)["families"]["pythia-like"]
+    fam = DeclaredFamily.from_config("pythia-like", spec)
     assert fam.steps_on_disk("s2") == list(STEPS)
     path = fam.checkpoint("s2", 2)
     assert path.parent.name == "snapshots" and path.name == f"s2{2:038d}"
     model, _ = fam.load(path, "s2")
     assert model.config.hidden_size == SIZES["s2"]
-    assert fam.probe()["input_ids"].shape == (len(TEXT), 8)
+    assert fam.probe(tokenizer_from=path)["input_ids"].shape == (len(TEXT), 8)
+    # the same weights as the Trainer-layout copy of that step
+    twin, _ = fam.load(trainer_runs / "runs" / "s2" / "checkpoint-2", "s2")
+    for (name, a), (_, b) in zip(model.named_parameters(), twin.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
 
 
-def test_a_module_function_builder_with_safetensors_state_dicts(tmp_path):
-    from dead_directions import checkpoints
-
-    for step in (0, 5):
-        model = zoo.build_mlp("h4", seed=step)
-        checkpoints.save(model, tmp_path / "h4" / f"w-{step}.safetensors", {})
-    torch.save({"input": zoo.get_family("mlp").probe(n=16)}, tmp_path / "x.pt")
-    spec = {
-        "builder": "dead_directions.zoo:build_mlp",
-        "sizes": ["h4"],
-        "checkpoints": str(tmp_path / "{size}" / "w-{step}.safetensors"),
-        "probe": {"path": str(tmp_path / "x.pt"), "kind": "tensor"},
-        "output": "tensor",
-    }
-    fam = DeclaredFamily.from_config("mine", spec)
+def test_a_module_function_builder_with_safetensors_state_dicts(trainer_runs):
+    spec = _example("module", trainer_runs)["families"]["my-mlp"]
+    fam = DeclaredFamily.from_config("my-mlp", spec)
     assert fam.steps_on_disk("h4") == [0, 5] and fam.output is None
     model, _ = fam.load(fam.checkpoint("h4", 5), "h4")
     want = zoo.build_mlp("h4", seed=5)
-    x = fam.probe()["input"]
-    assert torch.equal(model(x), want(x))
+    x = fam.probe()
+    assert x.shape == (64, 4) and torch.equal(model(x), want(x))
+
+
+def test_the_example_configs_sweep_a_hub_cache_and_a_module_builder(trainer_runs, tmp_path):
+    for name, family, sizes, steps in (
+        ("hf-cache", "pythia-like", ("s1", "s2"), STEPS),
+        ("module", "my-mlp", ("h4",), (0, 5)),
+    ):
+        config = _example(name, trainer_runs)
+        if name == "hf-cache":
+            config["families"][family]["sizes"] = ["s1"]
+            sizes = ("s1",)
+        work = tmp_path / name
+        rc, text = snakemake(work, config)
+        assert rc == 0, text[-4000:]
+        path = work / "results" / "store.zarr"
+        done = store.done_cells(path)
+        assert {(k.family, k.size, k.step) for k in done} == {
+            (family, s, t) for s in sizes for t in steps
+        }
+        ds = store.open(path, chunks=None).load()
+        assert (ds["n_directions"].values[ds["n_directions"].values >= 0] > 0).any()
+        assert (work / "results" / "report.html").exists()
 
 
 def test_bad_declarations_name_the_key(trainer_runs, tmp_path):
-    good = _config(trainer_runs)["families"]["neox"]
+    good = _example("trainer", trainer_runs)["families"]["neox"]
     cases = {
         "builder": {**good, "builder": "nope"},
         "checkpoints": {**good, "checkpoints": str(trainer_runs / "runs" / "{size}" / "last")},
@@ -204,7 +136,9 @@ def test_bad_declarations_name_the_key(trainer_runs, tmp_path):
 
 # ------------------------------------------------------------------------------ the sweep
 def test_sweeping_a_trainer_run_kill_resume_and_a_missing_checkpoint(trainer_runs, tmp_path):
-    config = _config(trainer_runs)
+    config = _example("trainer", trainer_runs)
+    config["families"]["neox"]["layers"] = ["gpt_neox.layers.*.mlp.dense_4h_to_h"]
+    config["families"]["neox"]["detectors"] = ["random", "kfac"]
     # one checkpoint deleted before the run: reported missing, the rest completes
     runs = tmp_path / "runs"
     shutil.copytree(trainer_runs / "runs", runs)
@@ -268,7 +202,7 @@ def test_sweeping_a_trainer_run_kill_resume_and_a_missing_checkpoint(trainer_run
 
 
 def test_bad_declared_configs_fail_before_any_job(trainer_runs, tmp_path):
-    base = _config(trainer_runs)
+    base = _example("trainer", trainer_runs)
     cases = {
         "builder": {"builder": "nope"},
         "checkpoints": {"checkpoints": str(trainer_runs / "runs" / "{size}" / "final")},
