@@ -91,6 +91,30 @@ def test_a_module_function_builder_with_safetensors_state_dicts(trainer_runs):
     assert x.shape == (64, 4) and torch.equal(model(x), want(x))
 
 
+def test_read_one_hugging_face_folder_without_a_zoo_family(trainer_runs):
+    folder = trainer_runs / "runs" / "s1" / "checkpoint-4"
+    layer = "gpt_neox.layers.0.mlp.dense_4h_to_h"
+    out = subprocess.run(
+        [
+            "dead-directions",
+            "read",
+            str(folder),
+            *("--builder", "hf", "--task", "causal-lm", "--likelihood", "categorical"),
+            *("--probe-file", str(trainer_runs / "probe.txt"), "--probe-kind", "text"),
+            *("--probe-length", "8", "--output", "logits", "--layers", layer),
+            *("--detectors", "random", "--max-per-layer", "2"),
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith(f"| {layer}")]
+    assert len(rows) == 2 and all("| regular " in row for row in rows)
+    assert "layers" not in out.stderr  # no progress bar off a terminal
+
+
 def test_the_example_configs_sweep_a_hub_cache_and_a_module_builder(trainer_runs, tmp_path):
     for name, family, sizes, steps in (
         ("hf-cache", "pythia-like", ("s1", "s2"), STEPS),

@@ -95,7 +95,8 @@ class DeclaredFamily:
         task = spec.get("task", "base")
         if task not in TASKS:
             raise DeclarationError(name, "task", f"{task!r} is not one of {', '.join(TASKS)}")
-        layout = _layout(name, spec.get("checkpoints"))
+        # one checkpoint read by hand (`dead-directions read`) needs no layout
+        layout = _layout(name, spec["checkpoints"]) if "checkpoints" in spec else Layout()
         likelihood = spec.get("likelihood", "gaussian")
         if likelihood not in LIKELIHOODS:
             raise DeclarationError(

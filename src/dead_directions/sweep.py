@@ -784,14 +784,25 @@ def cmd_read(args) -> int:
 
     started = time.perf_counter()
     _threads(args.threads)
-    fam = family(args.family)
+    spec = _read_spec(args)
+    args.family = args.family or "checkpoint"
+    fam = family(args.family, spec)
     model, meta = load_model(
-        args.checkpoint, args.family, args.size, override_family=args.override_family
+        args.checkpoint,
+        args.family,
+        args.size,
+        override_family=args.override_family,
+        fam=fam if spec else None,
     )
     size = args.size or str(meta.get("size", "")) or "default"
     step = args.step if args.step is not None else int(meta.get("step", 0) or 0)
-    inputs = fam.probe(n=args.probe_n, seed=args.seed)
-    layers = args.layers or [sweep_layer(n) for n in detectors.layers(model)]
+    if spec:
+        inputs = fam.probe(n=args.probe_n, seed=args.seed, tokenizer_from=args.checkpoint)
+        check_probe(model, inputs, args.probe_file)
+    else:
+        inputs = fam.probe(n=args.probe_n, seed=args.seed)
+    select = getattr(fam, "select_layers", detectors.layers)
+    layers = args.layers or [sweep_layer(n) for n in select(model)]
     device, dtype = resolve_device(args.device), _torch_dtype(args.dtype)
     radii, limit = None, None
     if args.store:
@@ -802,7 +813,10 @@ def cmd_read(args) -> int:
         )
         radii, limit = lay.radii, lay.max_directions
     rows, per_layer = [], {}
-    for layer in layers:
+    from tqdm.auto import tqdm
+
+    # progress on a terminal only: nothing extra in logs
+    for layer in tqdm(layers, desc="layers", unit="layer", disable=not sys.stderr.isatty()):
         found, _ = detect_cell(
             model,
             inputs,
@@ -851,6 +865,28 @@ def cmd_read(args) -> int:
             store.write_cell(args.store, store.CellKey(args.family, size, step, layer), reads, prov)
         print(f"written to {args.store} ({len(per_layer)} cells).")
     return 0
+
+
+def _read_spec(args) -> dict | None:
+    """A declared family's config entry from `read`'s command line (``--builder`` …), or
+    None to read as the zoo family ``--family``."""
+    if not args.builder:
+        if not args.family:
+            raise ValueError(
+                "read: give --family (a zoo family) or --builder (hf, module:function)."
+            )
+        return None
+    if not args.probe_file:
+        raise ValueError("read: --builder needs --probe-file (the probe data) and --probe-kind.")
+    spec = {
+        "builder": args.builder,
+        "task": args.task,
+        "likelihood": args.likelihood,
+        "probe": {"path": args.probe_file, "kind": args.probe_kind, "length": args.probe_length},
+    }
+    if args.output:
+        spec["output"] = args.output
+    return spec
 
 
 def _has_store(path) -> bool:
@@ -980,7 +1016,21 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("read", help="detect and read one checkpoint; print a table")
     p.add_argument("checkpoint")
-    p.add_argument("--family", required=True)
+    p.add_argument("--family", default=None, help="a zoo family (or a name for --builder)")
+    p.add_argument("--builder", default=None, help="hf or module:function: no zoo family")
+    p.add_argument(
+        "--task",
+        default="base",
+        choices=["base", "causal-lm", "sequence-classification", "image-classification"],
+        help="with --builder hf: the head the model is built with",
+    )
+    p.add_argument("--probe-file", default=None, help="with --builder: the probe data")
+    p.add_argument(
+        "--probe-kind", default="tensor", choices=["text", "tensor", "images", "datasets"]
+    )
+    p.add_argument("--probe-length", type=int, default=32, help="text: tokens per example")
+    p.add_argument("--likelihood", default="gaussian", choices=["gaussian", "categorical"])
+    p.add_argument("--output", default=None, help="output field (logits, ...) or tensor")
     p.add_argument(
         "--override-family",
         action="store_true",
