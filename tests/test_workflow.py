@@ -577,3 +577,41 @@ def test_read_refuses_a_family_the_sidecar_contradicts(tiny_run):
     )
     assert out.returncode == 2
     assert "sidecar says family 'mlp'" in out.stderr and "--override-family" in out.stderr
+
+
+def test_per_checkpoint_jobs_write_the_store_per_layer_jobs_write(tiny_run, tmp_path):
+    work = _copy(tiny_run, tmp_path / "by-checkpoint")
+    results = work / "results"
+    for sub in (
+        *("store.zarr", "store.zarr.ledger", "store.init.json", "summary", "tables"),
+        *("figures", "report.md", "report.html", "directions"),
+    ):
+        target = results / sub
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    config = {**TINY, "unit": "checkpoint"}
+    rc, text = snakemake(work, config, log="by-checkpoint")
+    assert rc == 0, text[-4000:]
+    ran = jobs_run(text)
+    assert {rule for rule, _ in ran} >= {"measure_checkpoint", "aggregate"}
+    assert not {rule for rule, _ in ran} & {"detect", "measure", "train"}
+    assert sum(rule == "measure_checkpoint" for rule, _ in ran) == 2  # steps 0 and 30
+    path = results / "store.zarr"
+    assert sorted(store.done_cells(path)) == sorted(CELLS)
+    stores_equal(path, tiny_run / "results" / "store.zarr")
+    for key in CELLS:  # the directions each layer was read with, as a detect job saves them
+        mine = sweep.load_directions(
+            results
+            / "directions-by-checkpoint"
+            / "mlp"
+            / "h4"
+            / f"step{key.step:07d}"
+            / f"{key.layer}.safetensors"
+        )
+        theirs = sweep.load_directions(
+            tiny_run / "results" / "directions" / f"{key.path}.safetensors"
+        )
+        assert [d.name for d in mine] == [d.name for d in theirs]
+        for a, b in zip(mine, theirs, strict=True):
+            assert all(torch.equal(a.vector[k], b.vector[k]) for k in a.vector)
+    rc, text = snakemake(work, config, "-n", log="again")
+    assert rc == 0 and "Nothing to be done" in text

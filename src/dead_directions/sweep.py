@@ -604,18 +604,11 @@ def measure_cell(model, inputs, directions, fam, radii, *, device, dtype, seed=0
     )
 
 
-def cmd_measure(args) -> int:
-    """Read one cell's directions at its checkpoint and write its chunks and marker."""
-    started = time.perf_counter()
-    _threads(args.threads)
-    key = store.CellKey(args.family, args.size, int(args.step), args.layer)
-    fam = family(args.family, args.spec)
+def measure_and_write(model, inputs, digest, directions, fam, key, args, started) -> int:
+    """Read one cell's directions (``measure_cell``) and write its chunks, provenance and
+    marker to ``args.store``; returns the cell's index. ``args``: the command's checkpoint,
+    store, device, dtype and seed; ``started``: when the cell's work began (its wall time)."""
     lay = store.layout(args.store)
-    model, _ = load_model(args.checkpoint, args.family, args.size, fam=fam)
-    inputs, digest = load_probe(args.probe)
-    check_probe(model, inputs, args.probe)
-    directions = load_directions(args.directions)
-    check_directions(directions, model, args.directions)
     device = resolve_device(args.device)
     dtype = _torch_dtype(args.dtype)
     reads, check, device_name, dtype_name = measure_cell(
@@ -638,6 +631,74 @@ def cmd_measure(args) -> int:
     print(
         f"{key}: {len(reads)} reads {kinds} on {device_name} ({dtype_name}) in "
         f"{time.perf_counter() - started:.1f} s -> {args.store} cell {index}"
+    )
+    return index
+
+
+def cmd_measure(args) -> int:
+    """Read one cell's directions at its checkpoint and write its chunks and marker."""
+    started = time.perf_counter()
+    _threads(args.threads)
+    key = store.CellKey(args.family, args.size, int(args.step), args.layer)
+    fam = family(args.family, args.spec)
+    model, _ = load_model(args.checkpoint, args.family, args.size, fam=fam)
+    inputs, digest = load_probe(args.probe)
+    check_probe(model, inputs, args.probe)
+    directions = load_directions(args.directions)
+    check_directions(directions, model, args.directions)
+    measure_and_write(model, inputs, digest, directions, fam, key, args, started)
+    return 0
+
+
+def cmd_measure_checkpoint(args) -> int:
+    """Detect and read every layer of one checkpoint in one process (the sweep's
+    per-checkpoint unit of work): the model and probe load once; each layer's directions
+    are saved under ``--directions-dir`` and written as its own store cell, exactly as the
+    per-layer `detect` and `measure` jobs do; then the checkpoint's marker is written."""
+    from tqdm.auto import tqdm
+
+    started = time.perf_counter()
+    _threads(args.threads)
+    fam = family(args.family, args.spec)
+    model, _ = load_model(args.checkpoint, args.family, args.size, fam=fam)
+    inputs, digest = load_probe(args.probe)
+    check_probe(model, inputs, args.probe)
+    layers = json.loads(Path(args.layers).read_text())
+    limit = store.layout(args.store).max_directions
+    out_dir = Path(args.directions_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cells = []
+    for layer in tqdm(layers, desc="layers", unit="layer", disable=not sys.stderr.isatty()):
+        layer_started = time.perf_counter()
+        model = model.to("cpu")  # detectors run on the CPU, as in a detect job
+        found, dropped = detect_cell(
+            model,
+            inputs,
+            fam,
+            layer,
+            detectors=parse_detectors(args.detectors),
+            max_per_layer=args.max_per_layer,
+            limit=limit,
+            seed=args.seed,
+        )
+        path = out_dir / f"{layer}.safetensors"
+        info = {"checkpoint": str(args.checkpoint), "probe_hash": digest, "dropped": dropped}
+        save_directions(found, path, info)
+        directions = load_directions(path)  # the round trip a measure job reads
+        key = store.CellKey(args.family, args.size, int(args.step), layer)
+        index = measure_and_write(model, inputs, digest, directions, fam, key, args, layer_started)
+        cells.append({"layer": layer, "index": index, "n_directions": len(directions)})
+    record = {
+        "family": args.family,
+        "size": args.size,
+        "step": int(args.step),
+        "cells": cells,
+        "seconds": time.perf_counter() - started,
+    }
+    store.write_text_atomic(Path(args.marker), json.dumps(record, indent=1) + "\n")
+    print(
+        f"{args.family}/{args.size}/step{args.step}: {len(cells)} layers in "
+        f"{time.perf_counter() - started:.1f} s"
     )
     return 0
 
@@ -893,11 +954,12 @@ def _has_store(path) -> bool:
     return (Path(path) / "zarr.json").exists()
 
 
-def _cell_args(p: argparse.ArgumentParser) -> None:
+def _cell_args(p: argparse.ArgumentParser, layer: bool = True) -> None:
     p.add_argument("--family", required=True)
     p.add_argument("--size", required=True)
     p.add_argument("--step", required=True, type=int)
-    p.add_argument("--layer", required=True)
+    if layer:
+        p.add_argument("--layer", required=True)
     p.add_argument("--checkpoint", required=True, help="checkpoint file")
     p.add_argument("--probe", required=True, help="probe data (from `dead-directions probe`)")
     p.add_argument("--seed", type=int, default=0)
@@ -958,6 +1020,22 @@ def add_parser(sub) -> None:
         "--dtype", default="auto", choices=DTYPES, help="auto: float32 on CUDA, else float64"
     )
     p.set_defaults(func=cmd_measure)
+
+    p = sub.add_parser(
+        "measure-checkpoint", help="detect and read every layer of one checkpoint (one job)"
+    )
+    _cell_args(p, layer=False)
+    p.add_argument("--layers", required=True, help="the layers JSON (`dead-directions layers`)")
+    p.add_argument("--detectors", nargs="*", default=None, help="detector names (default all)")
+    p.add_argument("--max-per-layer", type=int, default=None)
+    p.add_argument("--store", required=True)
+    p.add_argument("--directions-dir", required=True, help="folder of the layers' directions")
+    p.add_argument("--marker", required=True, help="the checkpoint's marker (JSON) to write")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:0…")
+    p.add_argument(
+        "--dtype", default="auto", choices=DTYPES, help="auto: float32 on CUDA, else float64"
+    )
+    p.set_defaults(func=cmd_measure_checkpoint)
 
     p = sub.add_parser("init-store", help="create the Fisher-rate store (never truncates)")
     p.add_argument("--store", required=True)

@@ -20,6 +20,8 @@ RESULTS = config["results"]
 STORE = config["store"] or f"{RESULTS}/store.zarr"
 # Completion markers of measured cells live in the store's ledger (dead_directions.store).
 DONE = f"{STORE}.ledger/done"
+# Markers of checkpoints read whole (`unit: checkpoint`), in the ledger too.
+CHECKPOINT_DONE = f"{STORE}.ledger/checkpoints"
 STORE_READY = f"{RESULTS}/store.init.json"
 SUMMARY = f"{RESULTS}/summary/cells.csv"
 MISSING_TABLE = f"{RESULTS}/tables/missing.csv"
@@ -219,6 +221,15 @@ def cells():
 
 
 def markers(wildcards):
+    """What the aggregation waits for: one marker per cell (`unit: layer`, a detect and a
+    measure job per layer), or per checkpoint (`unit: checkpoint`, one job per checkpoint
+    reading all its layers)."""
+    if config["unit"] == "checkpoint":
+        return [
+            f"{CHECKPOINT_DONE}/{family}/{size}/step{pad(step)}.json"
+            for (family, size), steps in STEPS.items()
+            for step in steps
+        ]
     return [
         f"{DONE}/{family}/{size}/step{step}/{layer}.json"
         for family, size, step, layer in cells()
@@ -332,6 +343,11 @@ def root_of(wildcards, output):
 def store_of(wildcards, output):
     """The store of a cell marker ``{store}.ledger/done/…``."""
     return output[0].split(".ledger/done/")[0]
+
+
+def store_of_checkpoint(wildcards, output):
+    """The store of a checkpoint marker ``{store}.ledger/checkpoints/…``."""
+    return output.marker.split(".ledger/checkpoints/")[0]
 
 
 def folder_of(wildcards, output):

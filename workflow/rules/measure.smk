@@ -61,3 +61,46 @@ rule measure:
         "--probe {input.probe:q} --directions {input.directions:q} --store {params.store:q} "
         "--device {params.device:q} --dtype {params.dtype:q} --seed {params.seed:q} "
         "--threads {threads:q} {params.spec:q} > {log:q} 2>&1"
+
+
+# The per-checkpoint unit of work (config `unit: checkpoint`): one job per checkpoint loads
+# the model and probe once and reads every layer, writing one store cell per layer as
+# detect + measure do; its marker lies in the store's ledger (rebuilt with the store).
+rule measure_checkpoint:
+    input:
+        manifest=manifest,
+        probe=f"{RESULTS}/probe/{{family}}.safetensors",
+        layers=f"{RESULTS}/layers/{{family}}/{{size}}.json",
+        store=ancient(STORE_READY),
+    output:
+        directions=directory(
+            f"{RESULTS}/directions-by-checkpoint/{{family}}/{{size}}/step{{step}}"
+        ),
+        marker=f"{CHECKPOINT_DONE}/{{family}}/{{size}}/step{{step}}.json",
+    log:
+        "logs/measure_checkpoint/{family}/{size}/step{step}.log",
+    benchmark:
+        "benchmarks/out/measure_checkpoint/{family}/{size}/step{step}.tsv"
+    conda:
+        "../envs/dead-directions.yaml"
+    threads: config["threads"]
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=240,
+    params:
+        checkpoint=checkpoint_path,
+        store=store_of_checkpoint,
+        detectors=detector_args,
+        spec=spec_args,
+        device=config["device"],
+        dtype=config["dtype"],
+        seed=config["seed"],
+    shell:
+        "dead-directions measure-checkpoint --family {wildcards.family:q} "
+        "--size {wildcards.size:q} --step {wildcards.step:q} "
+        "--checkpoint {params.checkpoint:q} --probe {input.probe:q} --layers {input.layers:q} "
+        "{params.detectors:q} {params.spec:q} --store {params.store:q} "
+        "--directions-dir {output.directions:q} --marker {output.marker:q} "
+        "--device {params.device:q} --dtype {params.dtype:q} --seed {params.seed:q} "
+        "--threads {threads:q} > {log:q} 2>&1"
