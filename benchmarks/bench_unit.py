@@ -42,6 +42,7 @@ DERIVED = (
 
 
 def run(workdir: Path, config: dict, cores: int) -> float:
+    workdir.mkdir(parents=True, exist_ok=True)
     cfg = workdir / "bench.yaml"
     cfg.write_text(yaml.safe_dump(config))
     started = time.perf_counter()
