@@ -163,6 +163,7 @@ def test_sweeping_a_trainer_run_kill_resume_and_a_missing_checkpoint(trainer_run
     config = _example("trainer", trainer_runs)
     config["families"]["neox"]["layers"] = ["gpt_neox.layers.*.mlp.dense_4h_to_h"]
     config["families"]["neox"]["detectors"] = ["random", "kfac"]
+    config["families"]["neox"]["steps"] = list(STEPS)  # listed: a missing one is reported
     # one checkpoint deleted before the run: reported missing, the rest completes
     runs = tmp_path / "runs"
     shutil.copytree(trainer_runs / "runs", runs)
