@@ -449,6 +449,18 @@ def measure_cell(model, inputs, directions, fam, radii, *, device, dtype, seed=0
     )
 
 
+def layer_dead_dimension(model, inputs, fam, layer: str):
+    """The dead dimension of a sweep layer (``dd.dead_dimension``, float64 on the CPU,
+    before the read moves the model), or None for a layer without parameters of its own."""
+    from .dead_dimension import dead_dimension
+
+    name = module_name(layer)
+    modules = dict(model.named_modules())
+    if name not in modules or not any(True for _ in modules[name].parameters(recurse=False)):
+        return None
+    return dead_dimension(model, inputs, name, likelihood=fam.likelihood, output=fam.output)
+
+
 def cmd_measure(args) -> int:
     """Read one cell's directions at its checkpoint and write its chunks and marker."""
     started = time.perf_counter()
@@ -461,6 +473,7 @@ def cmd_measure(args) -> int:
     directions = load_directions(args.directions)
     device = resolve_device(args.device)
     dtype = _torch_dtype(args.dtype)
+    dead = layer_dead_dimension(model, inputs, fam, args.layer)
     reads, check, device_name, dtype_name = measure_cell(
         model, inputs, directions, fam, lay.radii, device=device, dtype=dtype, seed=args.seed
     )
@@ -474,10 +487,15 @@ def cmd_measure(args) -> int:
         checkpoint_hash=store.file_hash(args.checkpoint),
         wall_seconds=time.perf_counter() - started,
     )
-    index = store.write_cell(args.store, key, reads, prov)
+    index = store.write_cell(args.store, key, reads, prov, dead)
     kinds: dict[str, int] = {}
     for r in reads:
         kinds[r.kind] = kinds.get(r.kind, 0) + 1
+    if dead is not None:
+        print(
+            f"{key}: dead dimension {dead.dead} of {dead.n_params} ({dead.method}, rtol "
+            f"{dead.rtol:g}, rank cap {dead.rank_cap})"
+        )
     print(
         f"{key}: {len(reads)} reads {kinds} on {device_name} ({dtype_name}) in "
         f"{time.perf_counter() - started:.1f} s -> {args.store} cell {index}"
