@@ -24,11 +24,11 @@ BATCH = 32
 #: step size and the localization γ from short chains by their loss traces, then check
 #: the long run's trace). Each grid point runs ``CALIBRATION_RUN`` (short chains); it
 #: passes when its estimate is finite, 0 ≤ λ̂ ≤ d/2 and its loss trace does not drift
-#: (see :func:`diagnose`). The chosen point: the smallest γ that passes (the weakest
-#: pull toward w*, the least bias), and at that γ the largest step size (the fastest
-#: mixing). The final estimate runs ``FINAL_RUN`` at the chosen point and is diagnosed
-#: again; a final run that fails, or no grid point passing, is reported as failed (not
-#: tabulated as a result). No closed form enters the choice.
+#: (see :func:`diagnose`). Preference: the smallest γ (the weakest pull toward w*, the
+#: least bias), at it the largest step size (the fastest mixing). A passing point runs
+#: ``FINAL_RUN``, diagnosed again; the first passing final run is the estimate; a final
+#: run that fails, or no grid point passing, is reported as failed (not tabulated as a
+#: result). No closed form enters the choice (:func:`calibrated_llc`).
 CALIBRATION_GRID: dict[str, tuple[float, ...]] = {
     "localization": (1.0, 100.0),
     "lr": (1e-2, 1e-3, 1e-4),
@@ -295,40 +295,44 @@ def calibrated_llc(
     *,
     seed: int = 0,
     grid: dict | None = None,
+    finals: int = 2,
 ) -> LLCEstimate:
     """devinterp's LLC with hyperparameters chosen by the calibration procedure.
 
-    Every point of ``grid`` (default :data:`CALIBRATION_GRID`) at the smallest γ runs
-    :data:`CALIBRATION_RUN`, then the next γ if none passed; the chosen point (smallest
-    passing γ, then its largest passing step size) runs :data:`FINAL_RUN`. Returns that
-    final estimate, whose ``problems`` are its own diagnostics, or start with "no grid
-    point passed" (then the final run is at the grid point with the fewest problems);
-    ``calibration`` lists every grid point tried. Wall seconds: calibration and final.
+    Grid points (default :data:`CALIBRATION_GRID`) are tried in order of preference —
+    smallest γ first, at each γ the largest step size first — with
+    :data:`CALIBRATION_RUN`; a point that passes :func:`diagnose` runs
+    :data:`FINAL_RUN`, and the first final run that passes is the estimate. At most
+    ``finals`` final runs; when none passes, the last final run is returned with its
+    problems (or, when no grid point passed at all, the final run at the point with the
+    fewest problems, flagged "no grid point passed"). ``calibration`` lists the grid
+    points tried as ``(lr, γ, λ̂, problems)``; seconds: calibration and finals together.
     """
     grid = grid or CALIBRATION_GRID
     start = time.perf_counter()
     tried = []
-    chosen = None
+    final = None
     for gamma in sorted(grid["localization"]):
         for lr in sorted(grid["lr"], reverse=True):
-            setting = dict(lr=lr, localization=gamma, **CALIBRATION_RUN)
-            est = llc_on_data(model, x, y, likelihood, setting, seed=seed)
+            short = dict(lr=lr, localization=gamma, **CALIBRATION_RUN)
+            est = llc_on_data(model, x, y, likelihood, short, seed=seed)
             tried.append((lr, gamma, est.mean, est.problems))
-            if est.ok:
-                chosen = (lr, gamma)
+            if not est.ok:
+                continue
+            long = dict(lr=lr, localization=gamma, **FINAL_RUN)
+            final = llc_on_data(model, x, y, likelihood, long, seed=seed)
+            finals -= 1
+            if final.ok or finals == 0:
                 break
-        if chosen is not None:
+        if final is not None and (final.ok or finals == 0):
             break
     problems: tuple[str, ...] = ()
-    if chosen is None:
+    if final is None:
         problems = ("no grid point passed",)
         finite = [t for t in tried if math.isfinite(t[2])] or tried
         lr, gamma = min(finite, key=lambda t: len(t[3]))[:2]
-    else:
-        lr, gamma = chosen
-    final = llc_on_data(
-        model, x, y, likelihood, dict(lr=lr, localization=gamma, **FINAL_RUN), seed=seed
-    )
+        long = dict(lr=lr, localization=gamma, **FINAL_RUN)
+        final = llc_on_data(model, x, y, likelihood, long, seed=seed)
     return LLCEstimate(
         final.mean,
         final.std,
@@ -678,10 +682,10 @@ def calibration_note() -> str:
         "when its estimate is finite, 0 ≤ λ̂ ≤ d/2, and its loss trace does not drift "
         "(the LLC of the second half of the draws differs from the first half's by at most "
         f"3 batch-means standard errors or at most max({DRIFT_RTOL:g}·λ̂, {DRIFT_ATOL:g})); "
-        "chosen: the smallest "
-        "passing γ, at it the largest passing lr; final run at the chosen point "
-        f"{FINAL_RUN['num_chains']} chains × {FINAL_RUN['num_draws']} draws after "
-        f"{FINAL_RUN['num_burnin_steps']} burn-in steps, diagnosed again. An estimate that "
+        "points are tried smallest γ first, at each γ the largest lr first, and a passing "
+        f"point runs the final {FINAL_RUN['num_chains']} chains × {FINAL_RUN['num_draws']} "
+        f"draws after {FINAL_RUN['num_burnin_steps']} burn-in steps, diagnosed again; the "
+        "first passing final run is the estimate (at most two final runs). An estimate that "
         "fails (no grid point passing, a drifting final trace, λ̂ > d/2, λ̂ < 0, divergence) "
         "is printed as `failed: …` with its value in parentheses and no relative error: "
         "it is not a result. The closed form never enters the choice."
