@@ -33,8 +33,8 @@ CALIBRATION_GRID: dict[str, tuple[float, ...]] = {
     "localization": (1.0, 100.0),
     "lr": (1e-2, 1e-3, 1e-4),
 }
-CALIBRATION_RUN = dict(num_chains=2, num_draws=200, num_burnin_steps=300)
-FINAL_RUN = dict(num_chains=4, num_draws=800, num_burnin_steps=300)
+CALIBRATION_RUN = dict(num_chains=2, num_draws=200, num_burnin_steps=200)
+FINAL_RUN = dict(num_chains=4, num_draws=400, num_burnin_steps=200)
 #: A trace drifts when the LLC of its second half differs from that of its first half
 #: by more than 3 standard errors and by more than this fraction of the estimate (floor:
 #: 0.05 in absolute units).
