@@ -534,8 +534,9 @@ def test_mlp_zoo_row_without_devinterp(tmp_path):
     assert (tmp_path / "mlp" / "h4" / "step0003000.safetensors").exists()
     assert ck.meta["step"] == 3000 and ck.meta["train_loss"] < 1e-4
     (row,) = compare_zoo([ck], devinterp=False)
-    name, d, bound, counts, assembled, versus, _ = row
-    assert (name, d, bound) == ("mlp-h4 step 3000", "30", "10")  # (30 − 5·2)/2
+    name, d, dim_z, error, tight, bound, counts, assembled, versus, _ = row
+    assert (name, d, dim_z, tight, bound) == ("mlp-h4 step 3000", "30", "10", "yes", "10")
+    assert float(error) <= 1e-13  # the family lies in the true set
     assert versus.startswith("exceeds bound")
     regular, singular, gauge, unresolved = map(int, counts.split("/"))
     assert regular + singular + gauge + unresolved == 30 and unresolved == 0

@@ -552,7 +552,9 @@ def compare_zoo(checkpoints, *, devinterp=True, seed=0):
         near = sum(
             1 for r in reads if r.kind == "regular" and r.fisher_base < NEAR_SINGULAR_RTOL * g_max
         )
-        row = [ck.name, str(d), f"{bound.bound:g}", _counts(reads), f"{a.lam:g} ({a.m})"]
+        tight = "yes" if bound.tight else "no"
+        row = [ck.name, str(d), str(bound.dim_zero_set), f"{bound.max_output_error:.0e}", tight]
+        row += [f"{bound.bound:g}", _counts(reads), f"{a.lam:g} ({a.m})"]
         if a.lam > bound.bound:
             row.append(f"exceeds bound: {near} regular reads with g < {NEAR_SINGULAR_RTOL:g}·g_max")
         else:
@@ -697,13 +699,15 @@ def _zoo_notes(n_train: int) -> list[str]:
     return [
         f"Zoo rows: the final (step {ZOO_STEP}) checkpoints of the default `{ZOO_FAMILY}` "
         "family (tanh student 4 → h → 2 of a width-2 tanh teacher, 16 teacher parameters; "
-        "`dd.zoo.train`, deterministic). d: parameters. bound: (d − dim Z)/2 "
-        "(`llc_compare.zero_set_bound`): the teacher embedded in two units, the other "
-        "units' outgoing weights 0 and their incoming weights and biases free is a family "
-        "of dimension 5(h − 2) inside the true set Z (checked: outputs equal the teacher's "
-        "to rounding on the training inputs at random points of it; the output Jacobian "
-        "there has rank d − 5(h − 2), so the family is all of Z near them), so the global "
-        "λ ≤ (d − 5(h − 2))/2 = h + 6. reads r/s/g/u: a full basis — the live "
+        "`dd.zoo.train`, deterministic). d: parameters. dim Z ≥: the dimension of an "
+        "explicit family inside the true set Z (`llc_compare.zero_set_bound`: the teacher "
+        "embedded in two units, the other units' outgoing weights 0, their incoming "
+        "weights and biases free: 5(h − 2)); max abs(f − f*): the largest difference from the "
+        "teacher's outputs on the training inputs at four random points of the family "
+        "(rounding level: the family lies in Z); tight: the output Jacobian there has "
+        "rank d − dim, so the family is all of Z near those points. bound: "
+        "λ ≤ (d − dim Z)/2, the global learning coefficient's upper bound at a point of "
+        "the true set (METHOD §6), = h + 6. reads r/s/g/u: a full basis — the live "
         "eigendirections of the Gaussian-head Fisher on the family's 256 probe inputs, then "
         "an orthonormal basis of its kernel (`assembly_cells.full_basis`) — read at the "
         "checkpoint as regular / singular / gauge / unresolved. blind λ (m): `dd.assemble` "
@@ -754,7 +758,8 @@ def cmd_compare(args) -> int:
         checkpoints = zoo_checkpoints(sizes, root=args.checkpoints, seed=args.seed)
         n_train = len(zoo.get_family(ZOO_FAMILY).task().x_train)
         rows = compare_zoo(checkpoints, devinterp=devinterp, seed=args.seed)
-        headers = ["checkpoint", "d", "bound (d − dim Z)/2", "reads r/s/g/u", "blind λ (m)"]
+        headers = ["checkpoint", "d", "dim Z ≥", "max abs(f − f*)", "tight"]
+        headers += ["bound (d − dim Z)/2", "reads r/s/g/u", "blind λ (m)"]
         headers += ["blind vs bound", "read s"]
         if devinterp:
             headers += ["devinterp calibrated λ̂ ± sd", "lr, γ", "s"]
@@ -764,7 +769,8 @@ def cmd_compare(args) -> int:
             tabulate(rows, headers=headers, tablefmt=args.format, disable_numparse=True),
             "",
         ]
-        for note in _zoo_notes(n_train):
+        notes = _zoo_notes(n_train)
+        for note in notes if devinterp else notes[:-1]:
             lines += [note, ""]
     text = "\n".join(lines).rstrip() + "\n"
     print("\n" + text)

@@ -622,6 +622,12 @@ def cmd_read(args) -> int:
             else store.init(args.store, max_directions=args.max_directions)
         )
         radii, limit = lay.radii, lay.max_directions
+    # The dead dimension goes with the stored cells; counted before the read moves the model.
+    dead = (
+        {layer: layer_dead_dimension(model, inputs, fam, layer) for layer in layers}
+        if args.store
+        else {}
+    )
     rows, per_layer = [], {}
     for layer in layers:
         found, _ = detect_cell(
@@ -669,7 +675,8 @@ def cmd_read(args) -> int:
                 checkpoint_hash=store.file_hash(args.checkpoint),
                 wall_seconds=seconds / max(1, len(layers)),
             )
-            store.write_cell(args.store, store.CellKey(args.family, size, step, layer), reads, prov)
+            key = store.CellKey(args.family, size, step, layer)
+            store.write_cell(args.store, key, reads, prov, dead.get(layer))
         print(f"written to {args.store} ({len(per_layer)} cells).")
     return 0
 
