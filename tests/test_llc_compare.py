@@ -131,3 +131,20 @@ def test_devinterp_run_is_diagnosed():
     assert math.isnan(est.mean) or est.mean > 4 or "diverged" in est.problems
     for p, q in zip(model.parameters(), cell.model.parameters(), strict=True):
         assert torch.equal(p, q)  # devinterp moved a copy, not the model
+
+
+def test_cached_estimates_round_trip(tmp_path):
+    calls = []
+    est = llc_compare.LLCEstimate(
+        0.5, 0.1, 3.0, "lr 0.01, γ 1", 0.02, ("drifting trace (+0.30)",), ((0.01, 1.0, 0.5, ()),)
+    )
+
+    def compute():
+        calls.append(1)
+        return est
+
+    first = llc_compare._cached(tmp_path, "cell", 0, compute)
+    again = llc_compare._cached(tmp_path, "cell", 0, compute)
+    other = llc_compare._cached(tmp_path, "cell", 1, compute)  # another seed: recomputed
+    assert first == again == other == est and len(calls) == 2
+    assert llc_compare._cached(None, "cell", 0, compute) == est and len(calls) == 3

@@ -539,7 +539,38 @@ def zoo_bound(ck) -> ZeroSetBound:
     return zero_set_bound(ck.model, zoo.teacher_mlp(act), ck.x_train)
 
 
-def compare_zoo(checkpoints, *, devinterp=True, seed=0):
+def _cached(cache, name: str, seed: int, compute) -> LLCEstimate:
+    """``compute()``, or its stored result: ``cache`` is a folder of JSON files keyed by the
+    row's name, the seed and the calibration settings (so a change of procedure never
+    reuses a stale estimate); None computes every time. The estimates are deterministic
+    given the seed, so a stored one is what ``compute()`` would return."""
+    if cache is None:
+        return compute()
+    import hashlib
+    import json
+    from dataclasses import asdict
+    from pathlib import Path
+
+    procedure = json.dumps(
+        [CALIBRATION_GRID, CALIBRATION_RUN, FINAL_RUN, DRIFT_RTOL, DRIFT_ATOL, DRIFT_BATCHES],
+        sort_keys=True,
+    )
+    key = hashlib.sha256(f"{name}|{seed}|{procedure}".encode()).hexdigest()[:20]
+    path = Path(cache) / f"{key}.json"
+    if path.exists():
+        data = json.loads(path.read_text())
+        data["problems"] = tuple(data["problems"])
+        data["calibration"] = tuple(tuple(t[:3]) + (tuple(t[3]),) for t in data["calibration"])
+        return LLCEstimate(**data)
+    est = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(asdict(est)))
+    tmp.replace(path)  # atomic: parallel runs never read a half-written file
+    return est
+
+
+def compare_zoo(checkpoints, *, devinterp=True, seed=0, cache=None):
     """Rows of the zoo table, one per checkpoint (see ``cmd_compare``)."""
     rows = []
     for ck in checkpoints:
@@ -561,7 +592,14 @@ def compare_zoo(checkpoints, *, devinterp=True, seed=0):
             row.append("within bound")
         row.append(f"{read_s:.2f}")
         if devinterp:
-            est = calibrated_llc(ck.model, ck.x_train, ck.y_train, ck.likelihood, seed=seed)
+            est = _cached(
+                cache,
+                ck.name,
+                seed,
+                lambda ck=ck: calibrated_llc(
+                    ck.model, ck.x_train, ck.y_train, ck.likelihood, seed=seed
+                ),
+            )
             within = "" if not est.ok or est.mean <= bound.bound else " (above the bound)"
             row += [est.cell() + within, est.setting, f"{est.seconds:.1f}"]
         rows.append(row)
@@ -614,7 +652,7 @@ CELL_HEADERS = [
 DEVINTERP_HEADERS = ["devinterp calibrated λ̂ ± sd", "rel. err", "lr, γ", "s"]
 
 
-def compare(cells, *, devinterp: bool = True, seed: int = 0):
+def compare(cells, *, devinterp: bool = True, seed: int = 0, cache=None):
     """Rows of the comparison table, one per cell (see ``cmd_compare``)."""
     from .assembly import nu
 
@@ -629,7 +667,7 @@ def compare(cells, *, devinterp: bool = True, seed: int = 0):
         read_s = time.perf_counter() - start
         row = [cell.name, *cols, f"{read_s:.2f}"]
         if devinterp:
-            est = devinterp_llc(cell, seed=seed)
+            est = _cached(cache, cell.name, seed, lambda cell=cell: devinterp_llc(cell, seed=seed))
             err = _rel(est.mean, float(cell.closed_form[0])) if est.ok else "—"
             row += [est.cell(), err, est.setting, f"{est.seconds:.1f}"]
         rows.append(row)
@@ -738,7 +776,7 @@ def cmd_compare(args) -> int:
     if not args.no_cells:
         cells = default_cells(not args.small, args.cells)
         headers = CELL_HEADERS + (DEVINTERP_HEADERS if devinterp else [])
-        rows = compare(cells, devinterp=devinterp, seed=args.seed)
+        rows = compare(cells, devinterp=devinterp, seed=args.seed, cache=args.cache)
         lines += [
             tabulate(rows, headers=headers, tablefmt=args.format, disable_numparse=True),
             "",
@@ -757,7 +795,7 @@ def cmd_compare(args) -> int:
 
         checkpoints = zoo_checkpoints(sizes, root=args.checkpoints, seed=args.seed)
         n_train = len(zoo.get_family(ZOO_FAMILY).task().x_train)
-        rows = compare_zoo(checkpoints, devinterp=devinterp, seed=args.seed)
+        rows = compare_zoo(checkpoints, devinterp=devinterp, seed=args.seed, cache=args.cache)
         headers = ["checkpoint", "d", "dim Z ≥", "max abs(f − f*)", "tight"]
         headers += ["bound (d − dim Z)/2", "reads r/s/g/u", "blind λ (m)"]
         headers += ["blind vs bound", "read s"]
@@ -803,6 +841,12 @@ def add_parser(sub) -> None:
     p.add_argument("--no-devinterp", action="store_true", help="closed form vs assembly only")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--cache",
+        default=None,
+        help="folder for the devinterp estimates (JSON per row, keyed by name, seed and "
+        "the calibration settings): reruns and parallel runs over --cells reuse them",
+    )
     p.add_argument("--format", default="github", help="tabulate table format")
     p.add_argument("--out", default=None, help="also write the table (and machine) here")
     p.set_defaults(func=cmd_compare)
