@@ -133,7 +133,11 @@ def kfac_count(ctx, layer: str, rtol: float = RTOL) -> tuple[int, int, int] | No
     rank_a = _rank(torch.linalg.eigvalsh(a), rtol)
     rank_g = _rank(torch.linalg.eigvalsh(g), rtol)
     d_a, d_g = a.shape[0], g.shape[0]
-    rows_g = fac["rows"] * (fac["products"] - len(ctx.batches)) // max(len(ctx.batches), 1)
+    # G sums one outer product per (input position, cotangent): ``products`` counts one
+    # forward pass per batch plus one backward pass per cotangent, so the rows behind G
+    # are the positions times the cotangents per batch.
+    cotangents = (fac["products"] - len(ctx.batches)) // max(len(ctx.batches), 1)
+    rows_g = fac["rows"] * cotangents
     cap = min(d_a, fac["rows"]) * min(d_g, max(rows_g, 1))
     return d_a * d_g - rank_a * rank_g, int(fac["rows"]), int(cap)
 
