@@ -148,3 +148,13 @@ def test_cached_estimates_round_trip(tmp_path):
     other = llc_compare._cached(tmp_path, "cell", 1, compute)  # another seed: recomputed
     assert first == again == other == est and len(calls) == 2
     assert llc_compare._cached(None, "cell", 0, compute) == est and len(calls) == 3
+
+
+def test_the_printed_counts_are_those_of_the_table():
+    """The "Counted over the … cells" sentence of docs/compare_llc.md is ``summary_line`` of
+    the table above it, and the README carries the same sentence."""
+    doc = (ROOT / "docs/compare_llc.md").read_text()
+    rows = list(_table_rows(doc).values())
+    line = next(x for x in doc.splitlines() if x.startswith("Counted over the"))
+    assert line == llc_compare.summary_line(rows)
+    assert line in (ROOT / "README.md").read_text()

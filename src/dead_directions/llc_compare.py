@@ -675,6 +675,42 @@ def compare(cells, *, devinterp: bool = True, seed: int = 0, cache=None):
     return rows
 
 
+def summary_line(rows) -> str:
+    """One sentence counting the cell table's rows (from :func:`compare`'s rows): how often
+    each value equals the closed form, its error range and median |error|, and how many
+    devinterp estimates passed their diagnostics."""
+    import statistics
+
+    def pct(text: str):
+        return None if text in ("nan", "—") else float(text.rstrip("%"))
+
+    n = len(rows)
+
+    def part(col: int, label: str) -> str:
+        errs = [e for e in (pct(r[col]) for r in rows) if e is not None]
+        exact = sum(1 for e in errs if e == 0.0)
+        return (
+            f"{label} = closed form on {exact} of {n} (rel. err. {min(errs):+.1f} % … "
+            f"{max(errs):+.1f} %, median |err| {statistics.median(map(abs, errs)):.1f} %)"
+        )
+
+    parts = [
+        part(4, "structured") + " — by construction of the declarations",
+        part(6, "blind J"),
+        part(8, "blind R"),
+    ]
+    if rows and len(rows[0]) > 10:
+        ok = [r for r in rows if not r[10].startswith("failed")]
+        errs = [pct(r[11]) for r in ok]
+        parts.append(
+            f"calibrated devinterp passed its diagnostics on {len(ok)} of {n} (rel. err. "
+            f"{min(errs):+.1f} % … {max(errs):+.1f} %, median |err| "
+            f"{statistics.median(map(abs, errs)):.1f} %) and failed on {n - len(ok)} "
+            "(printed as failed, no error)"
+        )
+    return f"Counted over the {n} cells: " + "; ".join(parts) + "."
+
+
 def default_cells(all_cells: bool = True, pattern: str | None = None):
     """The assembly cells of the table: all (default), else those with M, N, H ≤ 2."""
     from .cells import assembly_cells
@@ -779,6 +815,8 @@ def cmd_compare(args) -> int:
         rows = compare(cells, devinterp=devinterp, seed=args.seed, cache=args.cache)
         lines += [
             tabulate(rows, headers=headers, tablefmt=args.format, disable_numparse=True),
+            "",
+            summary_line(rows),
             "",
         ]
     lines.append(f"Machine: {machine()}.")
