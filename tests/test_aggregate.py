@@ -152,3 +152,18 @@ def test_dead_dimension_table_from_the_stored_counts(summary, tmp_path):
                 key = store.CellKey("mlp", size, step, layer)
                 assert int(cell["dead_dim"].sel(layer=layer)) == dead_for(key).dead
                 assert str(cell["dead_dim_method"].sel(layer=layer).values) == "exact"
+
+
+def test_a_store_without_the_dead_dimension_arrays_is_named(tmp_path):
+    """A store created before the dead dimension existed: writing to it names the problem."""
+    import shutil
+
+    from synthetic import PROVENANCE
+
+    from dead_directions import store
+
+    path = tmp_path / "old.zarr"
+    write(path, CELLS[:1])
+    shutil.rmtree(path / "dead_dim")
+    with pytest.raises(ValueError, match="older version"):
+        store.write_cell(path, CELLS[1], reads_for(CELLS[1]), PROVENANCE)

@@ -750,6 +750,12 @@ def write_cell(
     """
     path = Path(path)
     lay = layout(path)
+    missing = [v.name for v in CELL_VARIABLES if not (path / v.name / "zarr.json").exists()]
+    if missing:
+        raise ValueError(
+            f"store {path} has no arrays {missing[:3]}: it was created by an older version "
+            "of dead-directions; write to a new store path (init-store creates them)."
+        )
     values = _cell_values(reads, lay, key)
     values.update(_dimension_values(dead_dimension))
     marker = marker_path(path, key)
