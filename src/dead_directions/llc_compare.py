@@ -102,16 +102,17 @@ def diagnose(res, d: int, n_beta: float) -> tuple[float, float, float, tuple[str
 
     trace = n_beta * np.asarray(res.loss_trace.values, dtype=float)  # (chain, draw)
     init = n_beta * float(res.init_loss)
-    per_chain = trace.mean(axis=1) - init
-    mean = float(per_chain.mean())
-    std = float(per_chain.std())
     chains, draws = trace.shape
     batches = DRIFT_BATCHES if draws >= 2 * DRIFT_BATCHES else 2
     usable = draws - draws % batches
-    means = trace[:, :usable].reshape(chains, batches, -1).mean(axis=2)
     half = batches // 2
-    drift = float(means[:, half:].mean() - means[:, :half].mean())
-    spread = float(means.std(ddof=1)) if means.size > 1 else math.inf
+    with np.errstate(invalid="ignore", over="ignore"):  # a diverged chain: inf − inf
+        per_chain = trace.mean(axis=1) - init
+        mean = float(per_chain.mean())
+        std = float(per_chain.std())
+        means = trace[:, :usable].reshape(chains, batches, -1).mean(axis=2)
+        drift = float(means[:, half:].mean() - means[:, :half].mean())
+        spread = float(means.std(ddof=1)) if means.size > 1 else math.inf
     se = spread * math.sqrt(2.0 / (chains * half))
     problems = []
     if not np.all(np.isfinite(trace)):
