@@ -112,6 +112,7 @@ def _lines(frame, family: str, panels, path, title: str) -> Path:
             rows = sub[sub["size"] == size].sort_values("step")
             ax.plot(rows["step"], scale * rows[metric], marker="o", label=f"size {size}")
         log_step_axis(ax, sub["step"].unique())
+        ax.set_ylim(bottom=0)  # counts and fractions: 0 is the floor (all-zero lines too)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
