@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from dead_directions import store
+from dead_directions.dead_dimension import DeadDimension
 from dead_directions.read import DEFAULT_RADII, Read
 
 KINDS = ("regular", "singular", "gauge", "unresolved")
@@ -78,10 +79,18 @@ def keys(families=("mlp",), sizes=("s", "m"), steps=(0, 10), layers=("fc1", "fc2
     ]
 
 
-def write(path: Path, cells, max_directions: int = 8) -> None:
+def dead_for(key: store.CellKey) -> DeadDimension:
+    """A deterministic dead dimension of a cell: 20 + s % 7 parameters, s % 5 dead."""
+    seed = sum(map(ord, str(key)))
+    n = 20 + seed % 7
+    return DeadDimension(key.layer, n, seed % 5, "exact", seed % 5, seed % 3, 1e-10, 100, n)
+
+
+def write(path: Path, cells, max_directions: int = 8, dead: bool = False) -> None:
+    """A store of ``cells`` (with ``dead``: each cell's ``dead_for`` dead dimension)."""
     store.init(path, max_directions=max_directions)
     for key in cells:
-        store.write_cell(path, key, reads_for(key), PROVENANCE)
+        store.write_cell(path, key, reads_for(key), PROVENANCE, dead_for(key) if dead else None)
 
 
 def chunk_files(path: Path) -> dict[str, bytes]:

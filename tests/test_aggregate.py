@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from synthetic import keys, reads_for, write
+from synthetic import dead_for, keys, reads_for, write
 
 from dead_directions import aggregate, report
 from dead_directions.direction import KINDS
@@ -16,7 +16,7 @@ CELLS = keys(families=("mlp",), sizes=("s", "m"), steps=(0, 10, 20), layers=("fc
 @pytest.fixture(scope="module")
 def summary(tmp_path_factory):
     path = tmp_path_factory.mktemp("agg") / "s.zarr"
-    write(path, CELLS)
+    write(path, CELLS, dead=True)
     return path, aggregate.aggregate(path, "threads")
 
 
@@ -33,8 +33,13 @@ def _expected(reads):
         "order_max": max(finite, default=math.nan),
         "n_predicted": len(predicted),
         "n_recovered": sum(bool(r.matches_prediction) for r in predicted),
-        "lam_sum": sum(r.lam for r in reads if r.kind != "unresolved"),
     }
+
+
+def _dead(cells):
+    dead = [dead_for(k) for k in cells]
+    total, params = sum(d.dead for d in dead), sum(d.n_params for d in dead)
+    return {"dead_dim": total, "layer_params": params, "dead_fraction": total / params}
 
 
 def _check(row, want):
@@ -57,6 +62,7 @@ def test_per_cell_metrics_equal_a_direct_count(summary):
             & (frame["layer"] == key.layer)
         ].iloc[0]
         _check(row, _expected(reads_for(key)))
+        _check(row, _dead([key]))
 
 
 def test_pooled_metrics_pool_the_layers_of_a_checkpoint(summary):
@@ -69,6 +75,7 @@ def test_pooled_metrics_pool_the_layers_of_a_checkpoint(summary):
             ].iloc[0]
             want = _expected(reads)
             _check(row, want)
+            _check(row, _dead([k for k in CELLS if (k.size, k.step) == (size, step)]))
             assert row["recovery"] == pytest.approx(want["n_recovered"] / want["n_predicted"])
 
 
@@ -102,46 +109,61 @@ def test_figures_and_report_are_written(summary, tmp_path):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
     md, html = report.write_report(frame, {"mlp": tmp_path / "fig"}, tmp_path / "report.md")
     text = md.read_text()
-    assert text.count("![") == 3 and "## mlp" in text
+    assert text.count("![") == 4 and "## mlp" in text
     n_dirs = sum(len(reads_for(k)) for k in CELLS)
-    assert f"{len(CELLS)} cells" in text and f"{n_dirs} directions read" in text
-    assert html.read_text().count("data:image/png;base64,") == 3
+    assert f"{len(CELLS)} cells" in text and f"{n_dirs} detector directions read" in text
+    assert html.read_text().count("data:image/png;base64,") == 4
+    # The report opens with the dead-dimension figure and its headline table.
+    first = text.index("![")
+    assert "dead_dimension.png" in text[first : text.index("\n", first)]
+    assert text.index("## Dead dimension") < first < text.index("**mlp: dead_fraction**")
+    assert text.index("**mlp: dead_fraction**") < text.index("## mlp")
+    assert "lam_sum" not in text and "λ =" not in text and "Σ 1/(2k̂)" not in text
 
 
-def test_lambda_table_per_checkpoint_from_the_stored_orders(summary, tmp_path):
-    """λ per checkpoint (step × size) = Σ 1/(2k) of the orders stored in the zarr store
-    (gauges k = ∞ → 0, unresolved NaN left out) = ``dd.assemble`` of them; the Markdown
-    table says so and states its assumptions."""
-    import dead_directions as dd
+def test_dead_dimension_table_from_the_stored_counts(summary, tmp_path):
+    """The headline table (dead dimension / parameters, step × size, all layers pooled)
+    equals Σ dead_dim / Σ layer_params of the store's cells, and states how it is counted;
+    no λ is tabulated."""
     from dead_directions import store
 
     path, frame = summary
     ds = store.open(path)
     aggregate.write_tables(frame, tmp_path)
-    csv = pd.read_csv(tmp_path / "mlp" / "lam_sum.csv", index_col=[0, 1])
+    assert not (tmp_path / "mlp" / "lam_sum.csv").exists()
+    csv = pd.read_csv(tmp_path / "mlp" / "dead_fraction.csv", index_col=[0, 1])
     text = (tmp_path / "mlp.md").read_text()
-    section = text.split("## lam_sum: ")[1].split("\n## ")[0]
-    assert section.startswith("λ per checkpoint, assembled over the read directions")
-    for phrase in (
-        "independent",
-        "gauges (k̂ = ∞) contribute 0",
-        "unresolved reads are left out",
-        "lower bound",
-        "only the read directions count",
-    ):
-        assert phrase in section, phrase
+    headline = text.split("## dead_fraction")[1].split("## n_dead")[0]
+    assert "lam_sum" not in text and "λ" not in headline
+    section = text.split("## dead_fraction: ")[1].split("\n## ")[0]
+    assert "K-FAC" in section and "1e-10" in section and "probe" in section
     table_rows = {
         line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
         for line in section.splitlines()
         if line.startswith("|") and line.split("|")[1].strip().isdigit()
     }
-    assert sorted(table_rows, key=int) == ["0", "10", "20"]
     for size_index, size in enumerate(("m", "s")):
         for step in (0, 10, 20):
             cell = ds.sel(family="mlp", size=size, step=step)
-            orders = cell["order"].values[cell["label"].values != ""]
-            want = sum(0.0 if np.isinf(k) else 1 / (2 * k) for k in orders if not np.isnan(k))
-            pairs = [(f"u{i}", k) for i, k in enumerate(orders) if not np.isnan(k)]
-            assert dd.assemble(pairs).lam_measured == pytest.approx(want, rel=1e-12)
+            want = float(cell["dead_dim"].sum()) / float(cell["layer_params"].sum())
             assert csv.loc[("all", step), size] == pytest.approx(want, rel=1e-12)
-            assert table_rows[str(step)][size_index] == f"{want:.2f}"
+            assert table_rows[str(step)][size_index] == f"{100 * want:.1f} %"
+            for layer in ("fc1", "fc2"):
+                key = store.CellKey("mlp", size, step, layer)
+                assert int(cell["dead_dim"].sel(layer=layer)) == dead_for(key).dead
+                assert str(cell["dead_dim_method"].sel(layer=layer).values) == "exact"
+
+
+def test_a_store_without_the_dead_dimension_arrays_is_named(tmp_path):
+    """A store created before the dead dimension existed: writing to it names the problem."""
+    import shutil
+
+    from synthetic import PROVENANCE
+
+    from dead_directions import store
+
+    path = tmp_path / "old.zarr"
+    write(path, CELLS[:1])
+    shutil.rmtree(path / "dead_dim")
+    with pytest.raises(ValueError, match="older version"):
+        store.write_cell(path, CELLS[1], reads_for(CELLS[1]), PROVENANCE)

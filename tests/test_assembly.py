@@ -17,10 +17,22 @@ from dead_directions.assembly import (
 )
 
 RRR_MAX = 3
-CELL_NAMES = ["(ab)^2", "(abc)^2", "a^2b^4", "a^2+b^4", "regular-linear", "softmax-regression"] + [
-    f"rrr-M{M}-N{N}-H{H}-r{r}"
-    for M, N, H in itertools.product(range(1, RRR_MAX + 1), repeat=3)
-    for r in range(min(M, N, H) + 1)
+CROSSINGS = ((0, 1), (1, 1), (0, 2), (1, 2), (2, 2), (0, 3), (1, 3), (2, 3), (3, 3))
+SUMS = ((2, 2), (2, 4), (4, 4), (2, 6), (4, 6), (2, 4, 6))
+CELL_NAMES = (
+    ["(ab)^2", "(abc)^2", "a^2b^4", "a^2+b^4", "regular-linear", "softmax-regression"]
+    + ["nc-" + "-".join(map(str, p)) for p in CROSSINGS]
+    + ["sum-p" + "-".join(map(str, p)) for p in SUMS]
+    + [
+        f"rrr-M{M}-N{N}-H{H}-r{r}"
+        for M, N, H in itertools.product(range(1, RRR_MAX + 1), repeat=3)
+        for r in range(min(M, N, H) + 1)
+    ]
+)
+#: The cells whose K is of sum type in the coordinates the blind basis reads (independent
+#: monomials along their axes, regular models, a single normal-crossing factor).
+SUM_TYPE = ["a^2+b^4", "regular-linear", "softmax-regression", "nc-0-1", "nc-0-2", "nc-0-3"] + [
+    "sum-p" + "-".join(map(str, p)) for p in SUMS
 ]
 
 
@@ -39,9 +51,24 @@ def assembled():
         torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def blind(assembled):
+    """Blind (λ, m) of every cell: a Jacobian-adapted and a random basis read at its
+    deepest true point, sum type assumed."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return {
+            name: (cell.blind("jacobian")[1], cell.blind("random")[1])
+            for name, (cell, _, _) in assembled.items()
+        }
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_the_cell_list_is_complete(assembled):
     assert sorted(assembled) == sorted(CELL_NAMES)
-    assert len(CELL_NAMES) == 6 + 63  # 63 = Σ_{M,N,H ≤ 3} (min(M,N,H) + 1)
+    assert len(CELL_NAMES) == 6 + 9 + 6 + 63  # 63 = Σ_{M,N,H ≤ 3} (min(M,N,H) + 1)
 
 
 @pytest.mark.parametrize("name", CELL_NAMES)
@@ -88,9 +115,68 @@ def test_monomial_cells_read_their_orders(assembled):
     }
 
 
-def test_full_basis_without_declaration_is_independent(assembled):
+def test_values_are_labelled_structured_or_blind(assembled, blind):
+    for name, (cell, _, a) in assembled.items():
+        assert cell.loci is not None and a.mode == "structured", name
+        assert blind[name][0].mode == blind[name][1].mode == "blind", name
+        assert blind[name][0].loci is None
+    assert dd.assemble([("a", 1.0)]).mode == "blind"
+    assert dd.assemble([("a", 1.0)], independent("a")).mode == "structured"
+
+
+@pytest.mark.parametrize("name", SUM_TYPE)
+def test_blind_equals_the_closed_form_on_sum_type_cells(blind, assembled, name):
+    """Where K is of sum type in the basis the blind read takes (independent monomials
+    read along their axes, regular models), blind = structured = closed form."""
+    lam, m = assembled[name][0].closed_form
+    blind_j = blind[name][0]
+    assert abs(blind_j.lam - float(lam)) <= 1e-6 and blind_j.m == m
+    assert abs(assembled[name][2].lam - float(lam)) <= 1e-6
+
+
+def _blind_closed_forms(name: str, d: int) -> tuple[Fraction, Fraction]:
+    """What a blind read must give, derived independently of the reads: (J basis, random).
+
+    Monomials at 0 (f = x·Π w_i^{p_i}): a coordinate axis through a crossing lies in the
+    zero set (flat, 0) unless it is the only variable that enters; a random direction
+    moves f by t^{Σp} (order Σp, λ_u = 1/(2Σp)). Sums (f = (w_i^{q_i} x_i), q = p/2): axes
+    read q_i; a random direction's leading term has order min q. Reduced rank at the
+    deepest point: the live directions are the tangent space of rank-r matrices,
+    r(M+N−r) of them (½ each), the rest gauges; a random direction is live when r ≥ 1,
+    else f = t² B A x (order 2, ¼ each). Regular models: d/2 either way, except that a
+    random basis of the softmax cell has no flat direction (8 instead of 6).
+    """
+    if name.startswith("nc-") or name in ("(ab)^2", "(abc)^2", "a^2b^4"):
+        powers = {"(ab)^2": (1, 1), "(abc)^2": (1, 1, 1), "a^2b^4": (1, 2)}.get(name)
+        powers = powers or tuple(int(p) for p in name.split("-")[1:])
+        entering = [p for p in powers if p > 0]
+        lam_j = Fraction(1, 2 * entering[0]) if len(entering) == 1 else Fraction(0)
+        return lam_j, Fraction(len(powers), 2 * sum(powers))
+    if name.startswith("sum-p") or name == "a^2+b^4":
+        qs = (1, 2) if name == "a^2+b^4" else tuple(int(p) // 2 for p in name[5:].split("-"))
+        return sum((Fraction(1, 2 * q) for q in qs), Fraction(0)), Fraction(len(qs), 2 * min(qs))
+    if name.startswith("rrr"):
+        M, N, H, r = (int(p[1:]) for p in name.split("-")[1:])
+        return Fraction(r * (M + N - r), 2), Fraction(d, 2) if r else Fraction(d, 4)
+    return {"regular-linear": (Fraction(4), Fraction(4)), "softmax-regression": (6, 8)}[name]
+
+
+@pytest.mark.parametrize("name", CELL_NAMES)
+def test_blind_reads_follow_their_own_closed_forms(blind, assembled, name):
+    """The blind values (and so their errors against the true λ) are what the geometry of
+    the basis predicts, on every cell: e.g. RRR M = N = H = 2, r = 0 reads 0 in the
+    Jacobian basis and 2 in a random one against the closed form 3/2."""
+    cell = assembled[name][0]
+    want_j, want_r = _blind_closed_forms(name, cell.d)
+    blind_j, blind_r = blind[name]
+    assert abs(blind_j.lam - float(want_j)) <= 1e-6, (blind_j.lam, want_j)
+    assert abs(blind_r.lam - float(want_r)) <= 1e-6, (blind_r.lam, want_r)
+    assert blind_j.m == blind_r.m == 1  # sum type: no multiplicity
+
+
+def test_full_basis_declared_independent(assembled):
     cell, reads, a = assembled["regular-linear"]
-    assert cell.loci is None and a.loci is None
+    assert a.loci is not None and a.mode == "structured"
     assert [t.kind for t in a.terms] == ["regular"] * 8
     assert a.lam_exact == 4 and a.m == 1
     # ν of independent directions adds: 8 regular directions, ν = 8 · ½.
@@ -448,8 +534,10 @@ def test_mlp_zoo_row_without_devinterp(tmp_path):
     assert (tmp_path / "mlp" / "h4" / "step0003000.safetensors").exists()
     assert ck.meta["step"] == 3000 and ck.meta["train_loss"] < 1e-4
     (row,) = compare_zoo([ck], devinterp=False)
-    name, d, counts, closed, assembled, half, _ = row
-    assert (name, d, closed) == ("mlp-h4 step 3000", "30", "—")
+    name, d, dim_z, error, tight, bound, counts, assembled, versus, _ = row
+    assert (name, d, dim_z, tight, bound) == ("mlp-h4 step 3000", "30", "10", "yes", "10")
+    assert float(error) <= 1e-13  # the family lies in the true set
+    assert versus.startswith("exceeds bound")
     regular, singular, gauge, unresolved = map(int, counts.split("/"))
     assert regular + singular + gauge + unresolved == 30 and unresolved == 0
     assert assembled == f"{regular / 2 + singular / 4:g} (1)"
@@ -463,7 +551,34 @@ def test_mlp_zoo_row_without_devinterp(tmp_path):
     live = int((eig > 1e-6).sum())
     assert eig[live - 1] > 5e-5 and eig[live] < 5e-8  # the gap
     assert regular == live == 26 and singular == 0 and assembled == "13 (1)"
-    assert 0 < float(half) <= regular / 2
+
+
+def test_zero_set_bound_on_a_constructed_teacher_student_pair():
+    """A tanh student 2 → 3 → 1 of a width-1 teacher: d = 3·3 + 3 + 1 = 13. The teacher in
+    unit 0, units 1 and 2 with outgoing weight 0 and free incoming weights and biases: a
+    family of dimension 2·3 = 6 inside the true set, so λ ≤ (13 − 6)/2 = 7/2. At a point
+    of it the output Jacobian has rank 7 — the teacher's 4 unit parameters, the output
+    bias and the two zero outgoing weights, each moving f along its own function — so
+    the family is all of the true set near it (tight). A student as wide as its teacher
+    is identifiable there: nothing is free, λ ≤ d/2."""
+    from dead_directions.llc_compare import zero_set_bound
+    from dead_directions.models import MLP
+
+    gen = torch.Generator().manual_seed(5)
+    teacher, student = MLP(2, 1, 1, "tanh"), MLP(2, 3, 1, "tanh")
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64))
+    x = torch.randn(64, 2, generator=gen, dtype=torch.float64)
+    b = zero_set_bound(student, teacher, x)
+    assert (b.d, b.dim_zero_set, b.bound, b.jacobian_rank, b.tight) == (13, 6, 3.5, 7, True)
+    assert b.max_output_error <= 1e-14
+    same = zero_set_bound(MLP(2, 1, 1, "tanh"), teacher, x)
+    assert (same.d, same.dim_zero_set, same.bound, same.tight) == (5, 0, 2.5, True)
+    with pytest.raises(ValueError, match="narrower"):
+        zero_set_bound(teacher, student, x)
+    with pytest.raises(ValueError, match="activations"):
+        zero_set_bound(MLP(2, 3, 1, "relu"), teacher, x)
 
 
 def test_devinterp_adapter_loss_matches_the_read_fisher_normalisation():

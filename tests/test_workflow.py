@@ -193,7 +193,7 @@ def test_tiny_sweep_end_to_end(tiny_run):
     for key in CELLS:
         n = int((store.cell_dataset(path, key)["kind"] == "regular").sum())
         assert regular.loc[(key.layer, key.step), key.size] == n
-    for name in ("order_heatmap", "counts_lambda", "rate_curves"):
+    for name in ("dead_dimension", "order_heatmap", "direction_counts", "rate_curves"):
         png = tiny_run / "results" / "figures" / "mlp" / f"{name}.png"
         assert png.read_bytes()[:4] == b"\x89PNG"
     report = (tiny_run / "results" / "report.md").read_text()

@@ -1,4 +1,4 @@
-"""Aggregation of the store with dask: counts by kind, order quantiles, recovery, summed λ."""
+"""Aggregation of the store with dask: dead dimension, counts by kind, order quantiles, recovery."""
 
 from __future__ import annotations
 
@@ -30,10 +30,22 @@ COLUMNS = (
     "n_predicted",
     "n_recovered",
     "recovery",
-    "lam_sum",
+    "dead_dim",
+    "layer_params",
+    "dead_fraction",
 )
+#: The tables, in order; the first is the report's headline.
 METRICS: Mapping[str, str] = {
-    "n_dead": "dead directions (read singular or gauge)",
+    "dead_fraction": (
+        "dead dimension / parameters: the fraction of the layers' parameter dimensions "
+        "along which the Fisher block vanishes (exact count for layers ≤ 2048 parameters, "
+        "else K-FAC factor ranks; relative eigenvalue tolerance 1e-10)"
+    ),
+    "dead_dim": "dead dimension (parameter dimensions with a vanishing Fisher block)",
+    "n_dead": (
+        "detector directions read dead (singular or gauge); a count of detector outputs, "
+        "bounded by the detectors' caps (max_per_layer), not a property of the model"
+    ),
     "n_singular": "directions read singular",
     "n_gauge": "directions read gauge",
     "n_regular": "directions read regular",
@@ -44,22 +56,18 @@ METRICS: Mapping[str, str] = {
     "order_min": "smallest k̂",
     "order_max": "largest k̂",
     "recovery": "recovery rate: reads matching their prediction / predicted directions",
-    "lam_sum": "λ per checkpoint, assembled over the read directions: Σ_u 1/(2k̂_u)",
 }
 
-#: The assumptions under which ``lam_sum`` is the checkpoint's learning coefficient λ
-#: (METHOD §6); printed above every λ table.
-LAMBDA_ASSUMPTIONS = (
-    "λ = Σ_u 1/(2k̂_u) over the directions read at the checkpoint (all layers pooled), "
-    "from the measured orders k̂_u — `dd.assemble` of the resolved reads, `loci=None`, measured "
-    "path. Assumptions: (1) the read directions are independent (sum type, K = Σ_u K_u "
-    "in disjoint coordinates; no normal crossings declared), so their λ_u add; (2) gauges "
-    "(k̂ = ∞) contribute 0, and unresolved reads are left out (their count is "
-    "n_unresolved); (3) flat prior (h = 0); (4) only the read directions count: the sweep "
-    "reads the detectors' directions (at most max_directions per layer), not a basis of "
-    "parameter space, so under (1) this is a lower bound on the checkpoint's λ unless the "
-    "read directions span its singular structure and its live directions (½ each; a "
-    "regular model of d parameters has λ = d/2)."
+#: Stated above the dead-dimension tables.
+DEAD_DIMENSION_NOTE = (
+    "Dead dimension (METHOD §7, `dd.dead_dimension`): per layer, the number of its "
+    "parameter dimensions along which its Fisher block vanishes at the checkpoint — "
+    "d_L − rank F_L from the whitened Jacobian where the layer has ≤ 2048 parameters, "
+    "else d_A·d_G − rank A·rank G from its K-FAC factors (a lower bound on the exact "
+    "count); ranks at relative eigenvalue tolerance 1e-10. A layer with more parameters "
+    "than its probe has rows has a kernel of the probe's own (the store's "
+    "dead_dim_rank_cap). All layers pooled: Σ dead_dim / Σ layer_params over the layers "
+    "with a count."
 )
 
 
@@ -111,8 +119,15 @@ def _metrics(ds, dims: Sequence[str]):
     out["n_predicted"] = (matches >= 0).sum(dims)
     out["n_recovered"] = (matches == 1).sum(dims)
     out["recovery"] = out["n_recovered"] / out["n_predicted"].where(out["n_predicted"] > 0)
-    resolved = valid & (kind != "unresolved")
-    out["lam_sum"] = ds["lam"].where(resolved).sum(dims, skipna=True)
+    counted = ds["dead_dim"] >= 0
+    cell_dims = [d for d in dims if d != "direction"]
+    dead = ds["dead_dim"].where(counted)
+    params = ds["layer_params"].where(counted)
+    if cell_dims:
+        dead, params = dead.sum(cell_dims, min_count=1), params.sum(cell_dims, min_count=1)
+    out["dead_dim"] = dead
+    out["layer_params"] = params
+    out["dead_fraction"] = dead / params
     return xr.Dataset(out)
 
 
@@ -122,8 +137,9 @@ def summarize(ds):
     ``ds``: :func:`dead_directions.store.open`. Counts are per kind; order quantiles are
     over the finite measured orders (regular and singular reads; gauges read k = ∞ and
     unresolved reads NaN are left out); ``recovery`` is the fraction of directions with a
-    prediction whose read matches it (``dd.Read.matches_prediction``); ``lam_sum`` sums
-    λ_u over resolved directions. Returns dims ``(family, size, step, layer)``.
+    prediction whose read matches it (``dd.Read.matches_prediction``); ``dead_dim`` and
+    ``layer_params`` are the layer's (pooled: summed over the layers with a count) and
+    ``dead_fraction`` their ratio. Returns dims ``(family, size, step, layer)``.
     """
     import xarray as xr
 
@@ -191,8 +207,10 @@ def format_value(value, metric: str) -> str:
         return "—"
     if metric.startswith("n_"):
         return str(int(value))
-    if metric == "recovery":
-        return f"{100 * value:.0f} %"
+    if metric in ("recovery", "dead_fraction"):
+        return f"{100 * value:.0f} %" if metric == "recovery" else f"{100 * value:.1f} %"
+    if metric in ("dead_dim", "layer_params"):
+        return str(int(value))
     return f"{value:.2f}"
 
 
@@ -230,8 +248,8 @@ def write_tables(frame, out_dir: str | os.PathLike) -> list[Path]:
             wide.to_csv(path)
             written.append(path)
             lines += [f"## {metric}: {meaning}", ""]
-            if metric == "lam_sum":
-                lines += [LAMBDA_ASSUMPTIONS, ""]
+            if metric == "dead_fraction":
+                lines += [DEAD_DIMENSION_NOTE, ""]
             lines += [markdown(parts[POOLED], metric), ""]
         per_layer = ["## order_median per layer", ""]
         for layer in layers[1:]:

@@ -139,6 +139,10 @@ class Assembly:
     is purely of sum type (ν of independent directions adds); NaN when a crossing is
     present or some term has no ν. ``nu_error``: the summed numerical error of ``nu``.
     ``terms``: one ``Term`` per read, in input order. ``loci``: the declaration used.
+    ``mode``: ``"structured"`` when ``loci`` declared how the directions combine (exact
+    on the cells by construction of the declaration), ``"blind"`` when nothing was
+    declared and every direction was taken as independent (sum type assumed: an estimate
+    whose error against a closed form must be measured, METHOD §6).
     """
 
     lam: float
@@ -153,6 +157,7 @@ class Assembly:
     exact: bool = False
     loci: Locus | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    mode: str = "structured"
 
 
 # --------------------------------------------------------------------------------------
@@ -272,6 +277,10 @@ def assemble(
     space, e.g. the Fisher eigenbasis) of a model whose singular structure is of sum
     type at the base: ``λ = Σ_u (h+1)/(2k_u)``, regular directions 1/2, gauges 0.
 
+    ``Assembly.mode`` labels the value: ``"structured"`` with ``loci`` given, ``"blind"``
+    with ``loci=None`` (sum type assumed, not declared; never compare a structured value
+    with a blind estimator such as SGLD as if both were blind — METHOD §6).
+
     Two paths are kept: exact — each measured k̂ within ``tolerance`` (default 0.05) of
     an integer k is replaced by k and λ is a ``Fraction`` — and measured — λ from k̂
     directly. ``Assembly.lam``/``m`` are the exact path's when it exists.
@@ -360,6 +369,7 @@ def assemble(
         exact=exact,
         loci=declared,
         notes=tuple(notes),
+        mode="blind" if declared is None else "structured",
     )
 
 
@@ -378,6 +388,33 @@ CLOSED_FORMS: dict[str, tuple[Fraction, int]] = {
     "a^2+b^4": (Fraction(3, 4), 1),
     "a^2b^4": (Fraction(1, 4), 1),
 }
+
+
+def monomial_sum_lambda(powers: Sequence[int]) -> tuple[Fraction, int]:
+    """``K = ½ Σ_i w_i^{p_i}`` (even p_i ≥ 2, independent coordinates): λ = Σ_i 1/p_i, m = 1.
+
+    Each coordinate's zeta function ``∫|w|^{p z} dw`` has its largest pole at z = −1/p,
+    and the poles of a sum in disjoint coordinates add (Watanabe 2009, §7.1; METHOD §6,
+    sum type with k_i = p_i/2). These are devinterp's monomial-sum accuracy cases.
+    """
+    powers = [int(p) for p in powers]
+    if not powers or any(p < 2 or p % 2 for p in powers):
+        raise ValueError(f"powers must be even integers ≥ 2, got {powers}.")
+    return sum((Fraction(1, p) for p in powers), Fraction(0)), 1
+
+
+def normal_crossing_lambda(powers: Sequence[int]) -> tuple[Fraction, int]:
+    """``K = Π_i w_i^{2p_i}`` (p_i ≥ 0, not all 0): λ = 1/(2 max p), m = #{i : p_i = max p}.
+
+    The normal-crossing rule of METHOD §6 (Watanabe 2009); a coordinate with p_i = 0 does
+    not enter K and adds nothing. devinterp's normal-crossing accuracy test
+    (``TRUE_LCS_PER_POWER``: powers (0,1) … (3,3), λ = 1/(2 max p)) uses these values.
+    """
+    powers = [int(p) for p in powers]
+    if not powers or any(p < 0 for p in powers) or max(powers) == 0:
+        raise ValueError(f"powers must be integers ≥ 0, not all 0, got {powers}.")
+    top = max(powers)
+    return Fraction(1, 2 * top), powers.count(top)
 
 
 def regular_lambda(d: int) -> tuple[Fraction, int]:

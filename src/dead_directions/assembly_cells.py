@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
@@ -19,6 +20,8 @@ from .assembly import (
     assemble,
     crossing,
     independent,
+    monomial_sum_lambda,
+    normal_crossing_lambda,
     regular_lambda,
     rrr_components,
     rrr_lambda,
@@ -38,9 +41,12 @@ class AssemblyCell:
 
     ``directions``: what ``dd.read_many`` reads (each carries its ``base``: a point on the
     locus component it is read at). ``loci``: the declaration handed to ``dd.assemble``
-    (None: every direction independent). ``closed_form``: ``(λ, m)`` from the literature
-    (``reference``). ``(λ, m)`` of the cell comes from the measured orders of the reads,
-    assembled — never from the predicted orders.
+    (every cell declares one: its ``assemble`` is the *structured* value, exact on the
+    cells by construction of the declaration). ``closed_form``: ``(λ, m)`` from the
+    literature (``reference``). ``(λ, m)`` of the cell comes from the measured orders of
+    the reads, assembled — never from the predicted orders. ``true_point``: the deepest
+    point of the true set (where the global (λ, m) is attained; None: the model's own
+    parameters), where :meth:`blind` reads a basis with no declared structure.
     """
 
     name: str
@@ -53,6 +59,35 @@ class AssemblyCell:
     reference: str
     likelihood: str = "gaussian"
     radii: tuple[float, ...] = ASSEMBLY_RADII
+    true_point: Mapping[str, torch.Tensor] | None = None
+
+    @property
+    def d(self) -> int:
+        """Number of parameters of the cell's model."""
+        return sum(p.numel() for p in self.model.parameters())
+
+    def point(self) -> dict[str, torch.Tensor]:
+        """The deepest true point as a full parameter mapping (float64 copies)."""
+        params = {k: v.detach().clone() for k, v in self.model.named_parameters()}
+        if self.true_point is not None:
+            params.update({k: torch.as_tensor(v, dtype=DTYPE) for k, v in self.true_point.items()})
+        return params
+
+    def blind(self, basis: str = "jacobian", *, seed: int = 0, **options):
+        """Blind assembly at the deepest true point: ``blind_assemble`` (see there).
+
+        Returns ``(reads, Assembly)`` with ``Assembly.mode == "blind"``.
+        """
+        options.setdefault("radii", self.radii)
+        return blind_assemble(
+            self.model,
+            self.inputs,
+            self.point(),
+            likelihood=self.likelihood,
+            basis=basis,
+            seed=seed,
+            **options,
+        )
 
     def read(self, **options):
         """``dd.read_many`` of the cell's directions (options pass through)."""
@@ -80,7 +115,8 @@ class Monomial(nn.Module):
     def forward(self, x):
         out = x
         for i, p in enumerate(self.exponents):
-            out = getattr(self, f"a{i + 1}") ** p * out
+            if p:  # a⁰ = 1: the parameter does not enter (and pow's derivative at 0 is NaN)
+                out = getattr(self, f"a{i + 1}") ** p * out
         return out
 
 
@@ -193,6 +229,79 @@ def full_basis(
     return basis
 
 
+BASES = ("jacobian", "random")
+
+
+def random_basis(d: int, seed: int = 0) -> torch.Tensor:
+    """A Haar-random orthonormal basis of ℝ^d (rows), seeded: QR of a Gaussian matrix."""
+    gen = torch.Generator().manual_seed(seed)
+    return _random_orthogonal(d, gen).T
+
+
+def blind_assemble(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    point: Mapping[str, torch.Tensor] | None = None,
+    *,
+    likelihood: str = "gaussian",
+    basis: str = "jacobian",
+    seed: int = 0,
+    **options,
+):
+    """Blind (λ, m): read every direction of a basis at ``point``, assume sum type.
+
+    No structure is declared (METHOD §6): ``d`` orthonormal directions are read at
+    ``point`` (default: the model's parameters) and assembled with ``loci=None``, i.e.
+    ``λ = Σ_u 1/(2k̂_u)`` (regular ½, gauges 0). This is an estimate: it is exact where K
+    is of sum type in the basis (independent monomials read along their axes) and wrong
+    elsewhere — at a normal crossing every axis lies inside the zero set (reads flat), and
+    a random direction through a crossing reads the order of the product. The error is
+    measured against the closed forms by ``compare-llc``.
+
+    ``basis``: ``"jacobian"`` — :func:`full_basis` (live Fisher eigendirections, then the
+    per-tensor null spaces, then the rest of the kernel; for ``likelihood="categorical"``
+    of the class-centred logits, whose kernel holds the logit shifts) — or ``"random"``
+    (a Haar-random orthonormal basis, ``seed``). ``options`` pass to ``dd.read_many``
+    (e.g. ``radii``). Small models only: the Jacobian is materialised. Returns
+    ``(reads, Assembly)`` with ``Assembly.mode == "blind"``; raises ``ValueError`` for an
+    unknown ``basis``.
+    """
+    from .read import read_many
+
+    if basis not in BASES:
+        raise ValueError(f"basis must be one of {BASES}, got {basis!r}.")
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    at = dict(params)
+    if point:
+        at.update({k: torch.as_tensor(v, dtype=DTYPE) for k, v in point.items()})
+    if basis == "jacobian":
+        if likelihood == "categorical":
+            vectors = _categorical_basis(model, inputs, at)
+        else:
+            vectors = full_basis(model, inputs, at)
+    else:
+        names = list(params)
+        sizes = [params[k].numel() for k in names]
+        rows = random_basis(sum(sizes), seed)
+        vectors = [
+            {
+                k: c.reshape(params[k].shape)
+                for k, c in zip(names, torch.split(v, sizes), strict=True)
+            }
+            for v in rows
+        ]
+    base = _offsets(model, at)
+    dirs = [
+        Direction(name=f"{basis}.e{i}", layer="", vector=v, detector=f"blind-{basis}", base=base)
+        for i, v in enumerate(vectors)
+    ]
+    reads = read_many(model, inputs, dirs, likelihood=likelihood, **options)
+    return reads, assemble(reads)
+
+
+_KIND_OF_POWER = {0: "gauge", 1: "regular"}
+
+
 def _component_cell(
     name: str,
     description: str,
@@ -210,14 +319,20 @@ def _component_cell(
     for i in range(len(exponents)):
         point = {f"a{j + 1}": torch.tensor(0.0 if j == i else 1.0) for j in range(len(exponents))}
         var = f"a{i + 1}"
+        vector = _unit(var)
+        if exponents[i] == 0:
+            # a⁰: the variable does not enter f, so its own tensor gives no reference
+            # scale (every g is 0); the zero entry for the next variable puts that
+            # variable's tensor into g_ref, against which the read calls it flat.
+            vector[f"a{(i + 1) % len(exponents) + 1}"] = torch.tensor(0.0, dtype=DTYPE)
         directions.append(
             Direction(
                 name=var,
                 layer="",
-                vector=_unit(var),
+                vector=vector,
                 detector="cell",
-                predicted_kind="regular" if exponents[i] == 1 else "singular",
-                predicted_order=float(exponents[i]),
+                predicted_kind=_KIND_OF_POWER.get(exponents[i], "singular"),
+                predicted_order=float(exponents[i]) if exponents[i] else math.inf,
                 base=_offsets(model, point),
             )
         )
@@ -306,6 +421,13 @@ def rrr_cell(M: int, N: int, H: int, r: int, *, n_inputs: int = 64, seed: int = 
             )
         components.append(independent(*names, name=f"s={s},t={t}"))
     lam, m = rrr_lambda(M, N, H, r)
+    # The deepest true point: A* = [S^½ V_rᵀ; 0], B* = [U_r S^½, 0] from the SVD of
+    # C = B A (rank r), on every (s, t) component at once.
+    u, sv, vh = torch.linalg.svd(true_point["B"] @ true_point["A"])
+    root = torch.sqrt(sv[:r])
+    a_star, b_star = torch.zeros(H, M, dtype=DTYPE), torch.zeros(N, H, dtype=DTYPE)
+    a_star[:r] = root[:, None] * vh[:r]
+    b_star[:, :r] = u[:, :r] * root[None, :]
     return AssemblyCell(
         name=f"rrr-M{M}-N{N}-H{H}-r{r}",
         description=(
@@ -318,6 +440,7 @@ def rrr_cell(M: int, N: int, H: int, r: int, *, n_inputs: int = 64, seed: int = 
         loci=crossing(*components, name="components"),
         closed_form=(lam, m),
         reference="Aoyagi & Watanabe, Neural Networks 18 (2005) 924–933",
+        true_point={"A": a_star, "B": b_star},
     )
 
 
@@ -336,12 +459,12 @@ def assembly_cells(n_inputs: int = 64, seed: int = 0, *, rrr_max: int = 3) -> li
     * ``(ab)^2``, ``(abc)^2``, ``a^2b^4``: monomials ``f = a₁^{p₁}⋯ x``, each variable read
       at a generic point of its own component {a_i = 0}, components crossing
       (= deep linear networks of widths (1,1,1) and (1,1,1,1) at r = 0 for the first two).
-    * ``a^2+b^4``: ``f = (a x₁, b² x₂)`` read at 0 along a and b; no declaration (the
-      directions are independent).
-    * ``regular-linear``: ``f = W x + b`` (3 → 2, d = 8), a full-basis read, no
-      declaration: λ = d/2 = 4.
+    * ``a^2+b^4``: ``f = (a x₁, b² x₂)`` read at 0 along a and b, declared independent.
+    * ``regular-linear``: ``f = W x + b`` (3 → 2, d = 8), a full-basis read declared
+      independent (a regular model): λ = d/2 = 4.
     * ``softmax-regression``: ``softmax(W x + b)`` (3 → 4, d = 16) under the categorical
       head; its 4 flat gauges (logit shifts) add 0: λ = 12/2 = 6.
+    * ``nc-…``, ``sum-p…``: devinterp's closed-form cases (``devinterp_cells``).
     * ``rrr-…``: ``rrr_cell`` for every M, N, H ≤ ``rrr_max`` and r ≤ min(M, N, H).
     """
     gen = torch.Generator().manual_seed(seed)
@@ -368,7 +491,7 @@ def assembly_cells(n_inputs: int = 64, seed: int = 0, *, rrr_max: int = 3) -> li
                 Direction("a", "", _unit("a1"), "cell", "regular", 1.0),
                 Direction("b", "", _unit("a2"), "cell", "singular", 2.0),
             ),
-            loci=None,
+            loci=independent("a", "b", name="sum"),
             closed_form=CLOSED_FORMS["a^2+b^4"],
             reference="Watanabe (2009), sums of independent terms; METHOD §6",
         )
@@ -384,7 +507,7 @@ def assembly_cells(n_inputs: int = 64, seed: int = 0, *, rrr_max: int = 3) -> li
                 Direction(f"e{j}", "fc", v, "full_basis")
                 for j, v in enumerate(full_basis(linear, x3))
             ),
-            loci=None,
+            loci=independent(*(f"e{j}" for j in range(8)), name="regular"),
             closed_form=regular_lambda(8),
             reference="regular model: λ = d/2 (Schwarz 1978; Watanabe 2009)",
         )
@@ -400,17 +523,82 @@ def assembly_cells(n_inputs: int = 64, seed: int = 0, *, rrr_max: int = 3) -> li
             directions=tuple(
                 Direction(f"e{j}", "fc", v, "full_basis") for j, v in enumerate(logits_basis)
             ),
-            loci=None,
+            loci=independent(*(f"e{j}" for j in range(16)), name="regular"),
             closed_form=regular_lambda(12),
             likelihood="categorical",
             reference="regular in the (C−1)(d_in+1) = 12 identifiable coordinates: λ = 6",
         )
     )
+    cells.extend(devinterp_cells(n_inputs=n_inputs, seed=seed))
     cells.extend(rrr_cells(rrr_max, n_inputs=n_inputs, seed=seed))
     return cells
 
 
-def _categorical_basis(model: nn.Module, inputs: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+#: devinterp's normal-crossing accuracy cases (its ``TRUE_LCS_PER_POWER``):
+#: ``f = x · w₁^{p₁} w₂^{p₂}``, ``K ∝ w₁^{2p₁} w₂^{2p₂}``, λ = 1/(2 max p).
+DEVINTERP_CROSSINGS = ((0, 1), (1, 1), (0, 2), (1, 2), (2, 2), (0, 3), (1, 3), (2, 3), (3, 3))
+#: Monomial sums ``K = ½ Σ w_i^{p_i}`` (even p_i), λ = Σ 1/p_i (the form of devinterp's
+#: monomial examples; these exponent sets are chosen here).
+MONOMIAL_SUMS = ((2, 2), (2, 4), (4, 4), (2, 6), (4, 6), (2, 4, 6))
+
+
+def devinterp_cells(n_inputs: int = 64, seed: int = 0) -> list[AssemblyCell]:
+    """devinterp's closed-form cases as assembly cells.
+
+    * ``nc-p1-p2``: ``f = x · w₁^{p₁} w₂^{p₂}`` for every pair of
+      :data:`DEVINTERP_CROSSINGS`; each w_i read at a generic point of its component
+      {w_i = 0} (the other variable 1), declared crossing; a p = 0 variable does not
+      enter f (flat, adds nothing). Closed form: ``normal_crossing_lambda``.
+    * ``sum-p…``: ``f = (w₁^{p₁/2} x₁, …)`` for :data:`MONOMIAL_SUMS`, so
+      ``K = ½ Σ w_i^{p_i} E[x_i²]``; each w_i read at 0, declared independent. Closed
+      form: ``monomial_sum_lambda``. Both true points are the origin.
+    """
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    x1 = torch.randn(n_inputs, 1, generator=gen, dtype=DTYPE)
+    cells = []
+    for powers in DEVINTERP_CROSSINGS:
+        name = "nc-" + "-".join(map(str, powers))
+        cells.append(
+            _component_cell(
+                name,
+                f"x·w₁^{powers[0]}·w₂^{powers[1]}: devinterp's normal-crossing case",
+                powers,
+                normal_crossing_lambda(powers),
+                x1,
+            )
+        )
+    for powers in MONOMIAL_SUMS:
+        halves = tuple(p // 2 for p in powers)
+        x = torch.randn(n_inputs, len(powers), generator=gen, dtype=DTYPE)
+        names = [f"w{i + 1}" for i in range(len(powers))]
+        cells.append(
+            AssemblyCell(
+                name="sum-p" + "-".join(map(str, powers)),
+                description=f"K = ½ Σ w_i^p_i, p = {powers}: independent monomials at 0",
+                model=PowerSum(halves),
+                inputs=x,
+                directions=tuple(
+                    Direction(
+                        n,
+                        "",
+                        _unit(f"a{i + 1}"),
+                        "cell",
+                        "regular" if q == 1 else "singular",
+                        float(q),
+                    )
+                    for i, (n, q) in enumerate(zip(names, halves, strict=True))
+                ),
+                loci=independent(*names, name="sum"),
+                closed_form=monomial_sum_lambda(powers),
+                reference="sums of independent monomials: λ = Σ 1/p_i (Watanabe 2009, §7.1)",
+            )
+        )
+    return cells
+
+
+def _categorical_basis(
+    model: nn.Module, inputs: torch.Tensor, point: Mapping[str, torch.Tensor] | None = None
+) -> list[dict[str, torch.Tensor]]:
     """Full basis for a softmax head: right singular vectors of the centred logit Jacobian.
 
     The categorical Fisher is ``Jᵀ(diag π − ππᵀ)J``; its kernel holds the logit shifts
@@ -428,7 +616,8 @@ def _categorical_basis(model: nn.Module, inputs: torch.Tensor) -> list[dict[str,
             y = self.inner(x)
             return y - y.mean(dim=-1, keepdim=True)
 
-    basis = full_basis(Centred(model), inputs)
+    centred = {f"inner.{k}": v for k, v in (point or {}).items()}
+    basis = full_basis(Centred(model), inputs, centred or None)
     return [{k.removeprefix("inner."): v for k, v in b.items()} for b in basis]
 
 
@@ -439,7 +628,10 @@ __all__ = [
     "PowerSum",
     "ReducedRank",
     "assembly_cells",
+    "blind_assemble",
+    "devinterp_cells",
     "full_basis",
+    "random_basis",
     "rrr_cell",
     "rrr_cells",
 ]

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import store
 from .aggregate import (
-    LAMBDA_ASSUMPTIONS,
+    DEAD_DIMENSION_NOTE,
     METRICS,
     POOLED,
     format_value,
@@ -29,8 +29,10 @@ KIND_COLOURS = {
     "gauge": "#2ca02c",
     "unresolved": "#7f7f7f",
 }
-FIGURES = ("order_heatmap", "counts_lambda", "rate_curves")
-REPORT_METRICS = ("n_dead", "order_median", "recovery", "lam_sum")
+FIGURES = ("dead_dimension", "order_heatmap", "direction_counts", "rate_curves")
+#: The headline (first) table, then the per-family tables.
+HEADLINE_METRIC = "dead_fraction"
+REPORT_METRICS = ("dead_dim", "n_dead", "order_median", "recovery")
 
 
 def _plt():
@@ -89,28 +91,55 @@ def order_heatmap(frame, family: str, path: str | os.PathLike) -> Path:
     return _save(fig, path)
 
 
-def counts_lambda(frame, family: str, path: str | os.PathLike) -> Path:
-    """Dead-direction counts and summed λ (all layers pooled) vs step, one line per size."""
+def log_step_axis(ax, steps) -> None:
+    """A symmetric-log step axis (the zoo saves log-spaced steps, step 0 included): linear
+    below the smallest positive step, logarithmic above, ticks at the steps themselves."""
+    positive = sorted(int(s) for s in set(steps) if s > 0)
+    if positive:
+        ax.set_xscale("symlog", linthresh=positive[0])
+    ax.set_xticks(sorted(set(int(s) for s in steps)))
+    ax.set_xticklabels([str(int(s)) for s in sorted(set(steps))], fontsize=7, rotation=45)
+    ax.set_xlabel("training step (symlog)")
+
+
+def _lines(frame, family: str, panels, path, title: str) -> Path:
     plt = _plt()
     sub = frame[(frame["family"] == family) & (frame["layer"] == POOLED)]
     sizes = size_order(family, list(sub["size"].unique()))
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    panels = (
-        ("n_dead", "dead directions (singular + gauge)"),
-        ("n_singular", "singular directions"),
-        ("lam_sum", "λ = Σ 1/(2k̂) of the read directions"),
-    )
-    for ax, (metric, label) in zip(axes, panels, strict=True):
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.5), squeeze=False)
+    for ax, (metric, label, scale) in zip(axes[0], panels, strict=True):
         for size in sizes:
             rows = sub[sub["size"] == size].sort_values("step")
-            ax.plot(rows["step"], rows[metric], marker="o", label=f"size {size}")
-        ax.set_xlabel("training step")
+            ax.plot(rows["step"], scale * rows[metric], marker="o", label=f"size {size}")
+        log_step_axis(ax, sub["step"].unique())
+        ax.set_ylim(bottom=0)  # counts and fractions: 0 is the floor (all-zero lines too)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"{family}: dead directions and λ across training, per size", fontsize=10)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def dead_dimension(frame, family: str, path: str | os.PathLike) -> Path:
+    """The dead dimension (all layers pooled) vs step, one line per size: its fraction of
+    the parameters and the count."""
+    panels = (
+        ("dead_fraction", "dead dimension / parameters (%)", 100.0),
+        ("dead_dim", "dead dimension (parameter dimensions)", 1.0),
+    )
+    title = f"{family}: dead dimension across training, per size"
+    return _lines(frame, family, panels, path, title)
+
+
+def direction_counts(frame, family: str, path: str | os.PathLike) -> Path:
+    """Detector directions read dead and read singular (all layers pooled) vs step."""
+    panels = (
+        ("n_dead", "detector directions read dead", 1.0),
+        ("n_singular", "detector directions read singular", 1.0),
+    )
+    title = f"{family}: detector directions read dead (counts capped by max_per_layer)"
+    return _lines(frame, family, panels, path, title)
 
 
 def rate_curves(
@@ -182,12 +211,13 @@ def figures(
     out_dir: str | os.PathLike,
     checkpoint: tuple[str, int] | None = None,
 ) -> list[Path]:
-    """The three figures of one family under ``out_dir``; ``checkpoint = (size, step)``."""
+    """The :data:`FIGURES` of one family under ``out_dir``; ``checkpoint = (size, step)``."""
     out_dir = Path(out_dir)
     size, step = checkpoint or default_checkpoint(frame, family)
     return [
+        dead_dimension(frame, family, out_dir / "dead_dimension.png"),
         order_heatmap(frame, family, out_dir / "order_heatmap.png"),
-        counts_lambda(frame, family, out_dir / "counts_lambda.png"),
+        direction_counts(frame, family, out_dir / "direction_counts.png"),
         rate_curves(store_path, family, size, step, out_dir / "rate_curves.png"),
     ]
 
@@ -234,45 +264,67 @@ def write_report(
     cells = frame[frame["layer"] != POOLED]
     intro = (
         f"{len(cells)} cells (family × size × step × layer), "
-        f"{int(cells['n_directions'].sum())} directions read, "
+        f"{int(cells['n_directions'].sum())} detector directions read, "
         f"{int(cells['n_dead'].sum())} read dead (singular or gauge). "
         "Each direction's order k̂ is the log–log slope of its directional Fisher "
         "g(t) = uᵀF(θ + t u)u ≍ t^{2(k−1)}; λ_u = 1/(2k̂). Tables pool all layers of a "
-        "checkpoint; rows are training steps (time), columns model sizes (scale)."
+        "checkpoint; rows are training steps (time), columns model sizes (scale). "
+        "Direction counts depend on the detectors' caps; the dead dimension is the "
+        "per-layer quantity that does not."
     )
     md = [f"# {title}", "", intro, ""]
     if store_path:
         md += [f"Store: `{store_path}` (open with `dead_directions.store.open`).", ""]
     body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(intro)}</p>"]
     captions = {
+        "dead_dimension": "Dead dimension (all layers pooled) vs training step, per size: "
+        "its fraction of the parameters and the count.",
         "order_heatmap": "Median measured order k̂ per layer and training step, per size.",
-        "counts_lambda": "Dead-direction counts and summed λ vs training step, per size.",
+        "direction_counts": "Detector directions read dead and read singular vs training "
+        "step, per size (counts bounded by the detectors' caps).",
         "rate_curves": "Rate curves g(t) of one checkpoint, coloured by measured kind.",
     }
-    for family in sorted(frame["family"].unique()):
+
+    def figure(family: str, name: str) -> None:
+        png = Path(figure_dirs.get(family, "")) / f"{name}.png"
+        if not png.exists():
+            return
+        rel = os.path.relpath(png, out.parent)
+        caption = f"{family}: {captions[name]}"
+        md.extend([f"![{caption}]({rel})", "", f"*{caption}*", ""])
+        data = base64.b64encode(png.read_bytes()).decode()
+        body.append(
+            f'<figure><img alt="{family} {name}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+
+    families = sorted(frame["family"].unique())
+    # The headline: the dead-dimension figure and its fraction of the parameters.
+    md += ["## Dead dimension", "", DEAD_DIMENSION_NOTE, ""]
+    body += ["<h2>Dead dimension</h2>", f"<p>{html.escape(DEAD_DIMENSION_NOTE)}</p>"]
+    for family in families:
+        figure(family, "dead_dimension")
+    for family in families:
+        wide = table(frame, family, HEADLINE_METRIC)
+        md += [f"**{family}: {HEADLINE_METRIC}** — {METRICS[HEADLINE_METRIC]}", ""]
+        md += [markdown(wide, HEADLINE_METRIC), ""]
+        body.append(
+            f"<h3>{html.escape(family)}: {html.escape(HEADLINE_METRIC)} — "
+            f"{html.escape(METRICS[HEADLINE_METRIC])}</h3>"
+        )
+        body.append(_html_table(wide, HEADLINE_METRIC))
+    for family in families:
         md += [f"## {family}", ""]
         body.append(f"<h2>{html.escape(family)}</h2>")
         for metric in REPORT_METRICS:
             wide = table(frame, family, metric)
             md += [f"**{metric}** — {METRICS[metric]}", ""]
             body.append(f"<h3>{html.escape(metric)}: {html.escape(METRICS[metric])}</h3>")
-            if metric == "lam_sum":
-                md += [LAMBDA_ASSUMPTIONS, ""]
-                body.append(f"<p>{html.escape(LAMBDA_ASSUMPTIONS)}</p>")
             md += [markdown(wide, metric), ""]
             body.append(_html_table(wide, metric))
         folder = Path(figure_dirs.get(family, ""))
-        for name in FIGURES:
-            png = folder / f"{name}.png"
-            if not png.exists():
-                continue
-            rel = os.path.relpath(png, out.parent)
-            md += [f"![{captions[name]}]({rel})", "", f"*{captions[name]}*", ""]
-            data = base64.b64encode(png.read_bytes()).decode()
-            body.append(
-                f'<figure><img alt="{name}" src="data:image/png;base64,{data}">'
-                f"<figcaption>{html.escape(captions[name])}</figcaption></figure>"
-            )
+        for name in FIGURES[1:]:
+            figure(family, name)
         # removable parameters (workflow/rules/prune.smk), where its table exists
         prune_csv = out.parent / "tables" / "prune" / f"{family}.csv"
         if prune_csv.is_file():

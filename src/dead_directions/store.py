@@ -381,7 +381,36 @@ PROVENANCE_VARIABLES = tuple(
     )
 )
 
-CELL_VARIABLES = LABEL_VARIABLES + DATA_VARIABLES + PROVENANCE_VARIABLES
+#: The cell's layer's dead dimension (METHOD §7; ``dd.dead_dimension``), -1 / "" where not
+#: computed (a cell written without one, or a layer neither count applies to).
+DIMENSION_VARIABLES = (
+    Variable(
+        "dead_dim",
+        _C,
+        "int32",
+        -1,
+        "dead dimension of the layer",
+        "1",
+        "parameter dimensions along which the layer's Fisher block vanishes: the exact "
+        "count where computed, else the K-FAC count (dead_dim_method)",
+    ),
+    Variable("dead_dim_exact", _C, "int32", -1, "dead dimension, exact Fisher block", "1"),
+    Variable("dead_dim_kfac", _C, "int32", -1, "dead dimension, K-FAC factor ranks", "1"),
+    Variable("layer_params", _C, "int32", -1, "parameters of the layer (its own)", "1"),
+    Variable("dead_dim_method", _C, "str", "", "how dead_dim was counted", "", "exact | kfac"),
+    Variable("dead_dim_rtol", _C, "float64", np.nan, "relative eigenvalue tolerance", "1"),
+    Variable(
+        "dead_dim_rank_cap",
+        _C,
+        "int32",
+        -1,
+        "largest rank the probe allows",
+        "1",
+        "below layer_params the probe itself leaves a kernel (data-limited)",
+    ),
+)
+
+CELL_VARIABLES = LABEL_VARIABLES + DATA_VARIABLES + DIMENSION_VARIABLES + PROVENANCE_VARIABLES
 
 
 # --------------------------------------------------------------------------------------
@@ -782,24 +811,53 @@ async def _write_chunks(arrays: dict, index: int, values: Mapping[str, np.ndarra
     await asyncio.gather(*(arrays[name].setitem(index, value) for name, value in values.items()))
 
 
+def _dimension_values(dead) -> dict[str, np.ndarray]:
+    """Per-cell dead-dimension values of a ``dd.dead_dimension.DeadDimension`` (or None)."""
+    if dead is None:
+        return {
+            v.name: np.asarray("", dtype=object)
+            if v.dtype == "str"
+            else np.asarray(v.fill, dtype=v.dtype)
+            for v in DIMENSION_VARIABLES
+        }
+    return {
+        "dead_dim": np.int32(dead.dead),
+        "dead_dim_exact": np.int32(-1 if dead.exact is None else dead.exact),
+        "dead_dim_kfac": np.int32(-1 if dead.kfac is None else dead.kfac),
+        "layer_params": np.int32(dead.n_params),
+        "dead_dim_method": np.asarray(dead.method, dtype=object),
+        "dead_dim_rtol": np.float64(dead.rtol),
+        "dead_dim_rank_cap": np.int32(dead.rank_cap),
+    }
+
+
 def write_cell(
     path: str | os.PathLike,
     key: CellKey,
     reads: Sequence,
     provenance: Provenance,
+    dead_dimension=None,
 ) -> int:
     """Write one cell's reads (``dd.Read``s) and provenance; return the cell's index.
 
-    The cell's marker is removed first and written last: until it exists the cell is not
-    counted as done. Rewriting a cell overwrites exactly its own chunks. The whole write
-    holds the cell's writer lock: a second writer of the same cell waits for the first to
-    finish, then rewrites the whole cell (never a mix of both). Raises ``ValueError`` when
-    there is no store at ``path``, when the ledger belongs to another store, or when the
-    reads do not fit the store's layout.
+    ``dead_dimension``: the layer's ``dd.dead_dimension.DeadDimension`` (None: stored as
+    not computed). The cell's marker is removed first and written last: until it exists the
+    cell is not counted as done. Rewriting a cell overwrites exactly its own chunks. The
+    whole write holds the cell's writer lock: a second writer of the same cell waits for the
+    first to finish, then rewrites the whole cell (never a mix of both). Raises
+    ``ValueError`` when there is no store at ``path``, when the ledger belongs to another
+    store, or when the reads do not fit the store's layout.
     """
     path = Path(path)
     lay = layout(path)
+    missing = [v.name for v in CELL_VARIABLES if not (path / v.name / "zarr.json").exists()]
+    if missing:
+        raise ValueError(
+            f"store {path} has no arrays {missing[:3]}: it was created by an older version "
+            "of dead-directions; write to a new store path (init-store creates them)."
+        )
     values = _cell_values(reads, lay, key)
+    values.update(_dimension_values(dead_dimension))
     marker = marker_path(path, key)
     with _cell_lock(path, key):
         marker.unlink(missing_ok=True)

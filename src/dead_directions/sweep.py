@@ -604,13 +604,27 @@ def measure_cell(model, inputs, directions, fam, radii, *, device, dtype, seed=0
     )
 
 
+def layer_dead_dimension(model, inputs, fam, layer: str):
+    """The dead dimension of a sweep layer (``dd.dead_dimension``, float64 on the CPU,
+    before the read moves the model), or None for a layer without parameters of its own."""
+    from .dead_dimension import dead_dimension
+
+    name = module_name(layer)
+    modules = dict(model.named_modules())
+    if name not in modules or not any(True for _ in modules[name].parameters(recurse=False)):
+        return None
+    return dead_dimension(model, inputs, name, likelihood=fam.likelihood, output=fam.output)
+
+
 def measure_and_write(model, inputs, digest, directions, fam, key, args, started) -> int:
-    """Read one cell's directions (``measure_cell``) and write its chunks, provenance and
-    marker to ``args.store``; returns the cell's index. ``args``: the command's checkpoint,
-    store, device, dtype and seed; ``started``: when the cell's work began (its wall time)."""
+    """Read one cell's directions (``measure_cell``), count its layer's dead dimension, and
+    write its chunks, provenance and marker to ``args.store``; returns the cell's index.
+    ``args``: the command's checkpoint, store, device, dtype and seed; ``started``: when the
+    cell's work began (its wall time)."""
     lay = store.layout(args.store)
     device = resolve_device(args.device)
     dtype = _torch_dtype(args.dtype)
+    dead = layer_dead_dimension(model, inputs, fam, key.layer)
     reads, check, device_name, dtype_name = measure_cell(
         model, inputs, directions, fam, lay.radii, device=device, dtype=dtype, seed=args.seed
     )
@@ -624,10 +638,15 @@ def measure_and_write(model, inputs, digest, directions, fam, key, args, started
         checkpoint_hash=store.file_hash(args.checkpoint),
         wall_seconds=time.perf_counter() - started,
     )
-    index = store.write_cell(args.store, key, reads, prov)
+    index = store.write_cell(args.store, key, reads, prov, dead)
     kinds: dict[str, int] = {}
     for r in reads:
         kinds[r.kind] = kinds.get(r.kind, 0) + 1
+    if dead is not None:
+        print(
+            f"{key}: dead dimension {dead.dead} of {dead.n_params} ({dead.method}, rtol "
+            f"{dead.rtol:g}, rank cap {dead.rank_cap})"
+        )
     print(
         f"{key}: {len(reads)} reads {kinds} on {device_name} ({dtype_name}) in "
         f"{time.perf_counter() - started:.1f} s -> {args.store} cell {index}"
@@ -873,6 +892,12 @@ def cmd_read(args) -> int:
             else store.init(args.store, max_directions=args.max_directions)
         )
         radii, limit = lay.radii, lay.max_directions
+    # The dead dimension goes with the stored cells; counted before the read moves the model.
+    dead = (
+        {layer: layer_dead_dimension(model, inputs, fam, layer) for layer in layers}
+        if args.store
+        else {}
+    )
     rows, per_layer = [], {}
     from tqdm.auto import tqdm
 
@@ -923,7 +948,8 @@ def cmd_read(args) -> int:
                 checkpoint_hash=store.file_hash(args.checkpoint),
                 wall_seconds=seconds / max(1, len(layers)),
             )
-            store.write_cell(args.store, store.CellKey(args.family, size, step, layer), reads, prov)
+            key = store.CellKey(args.family, size, step, layer)
+            store.write_cell(args.store, key, reads, prov, dead.get(layer))
         print(f"written to {args.store} ({len(per_layer)} cells).")
     return 0
 

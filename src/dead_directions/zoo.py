@@ -135,18 +135,30 @@ def digits() -> Task:
 MLP_IN, MLP_TEACHER, MLP_OUT, MLP_SAMPLES = 4, 2, 2, 512
 
 
-@functools.lru_cache(maxsize=4)
-def teacher_task(act: str) -> Task:
-    """Teacher–student regression: a fixed width-2 teacher MLP with activation ``act`` labels
-    Gaussian inputs ``(N, 4)`` with outputs ``(N, 2)`` (no noise: realisable by the wider
-    student). 512 train and 512 test samples."""
-    gen = torch.Generator().manual_seed(DATA_SEED)
+def teacher_mlp(act: str, generator: torch.Generator | None = None) -> MLP:
+    """The width-2 teacher of :func:`teacher_task` (``MLP(4, 2, 2, act)``, float64).
+
+    ``generator``: where its weights are drawn from (default: a fresh one seeded with the
+    data seed, which gives the teacher that labels the zoo's data).
+    """
+    gen = generator if generator is not None else torch.Generator().manual_seed(DATA_SEED)
     teacher = MLP(MLP_IN, MLP_TEACHER, MLP_OUT, act)
     with torch.no_grad():
         for p in teacher.parameters():
             fan = p.shape[1] if p.ndim > 1 else 1
             p.copy_(torch.randn(p.shape, generator=gen, dtype=DTYPE) / math.sqrt(fan))
         teacher.fc2.weight.mul_(2.0)
+    return teacher
+
+
+@functools.lru_cache(maxsize=4)
+def teacher_task(act: str) -> Task:
+    """Teacher–student regression: a fixed width-2 teacher MLP with activation ``act`` labels
+    Gaussian inputs ``(N, 4)`` with outputs ``(N, 2)`` (no noise: realisable by the wider
+    student). 512 train and 512 test samples."""
+    gen = torch.Generator().manual_seed(DATA_SEED)
+    teacher = teacher_mlp(act, gen)
+    with torch.no_grad():
         x = torch.randn(2 * MLP_SAMPLES, MLP_IN, generator=gen, dtype=DTYPE)
         y = teacher(x)
     return Task(x[:MLP_SAMPLES], y[:MLP_SAMPLES], x[MLP_SAMPLES:], y[MLP_SAMPLES:], "mse")

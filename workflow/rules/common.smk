@@ -30,6 +30,8 @@ GENERATION = f"{RESULTS}/.store-generation"
 FAMILIES = config["families"]
 # Keep in step with dead_directions.aggregate.METRICS (tests/test_workflow.py checks it).
 METRICS = [
+    "dead_fraction",
+    "dead_dim",
     "n_dead",
     "n_singular",
     "n_gauge",
@@ -41,9 +43,8 @@ METRICS = [
     "order_min",
     "order_max",
     "recovery",
-    "lam_sum",
 ]
-FIGURES = ["order_heatmap", "counts_lambda", "rate_curves"]
+FIGURES = ["dead_dimension", "order_heatmap", "direction_counts", "rate_curves"]
 CELL = "{family}/{size}/step{step}/{layer}"
 
 

@@ -5,6 +5,12 @@ rule figures:
     input:
         summary=SUMMARY,
     output:
+        dead=report(
+            f"{RESULTS}/figures/{{family}}/dead_dimension.png",
+            caption="../report/dead_dimension.rst",
+            category="Figures",
+            subcategory="{family}",
+        ),
         heatmap=report(
             f"{RESULTS}/figures/{{family}}/order_heatmap.png",
             caption="../report/order_heatmap.rst",
@@ -12,8 +18,8 @@ rule figures:
             subcategory="{family}",
         ),
         counts=report(
-            f"{RESULTS}/figures/{{family}}/counts_lambda.png",
-            caption="../report/counts_lambda.rst",
+            f"{RESULTS}/figures/{{family}}/direction_counts.png",
+            caption="../report/direction_counts.rst",
             category="Figures",
             subcategory="{family}",
         ),
