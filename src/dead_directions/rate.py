@@ -90,6 +90,12 @@ def scaling_window(slopes: np.ndarray, tol: float, min_width: int) -> tuple[int,
     return best
 
 
+def flat_rate(radii: np.ndarray) -> RateRead:
+    """The read of a curve that is 0 at every radius (order ∞)."""
+    radii = np.asarray(radii, dtype=float)
+    return RateRead(True, math.inf, math.nan, 0.0, None, np.full(len(radii) - 1, np.nan))
+
+
 def read_rate(
     radii: np.ndarray,
     g: np.ndarray,
