@@ -37,6 +37,7 @@ METRICS: Mapping[str, str] = {
     "n_singular": "directions read singular",
     "n_gauge": "directions read gauge",
     "n_regular": "directions read regular",
+    "n_undetermined": "directions the data cannot decide (gauge or genuine; see the note)",
     "n_unresolved": "directions left unresolved",
     "order_median": "median measured order k̂ (finite orders)",
     "order_q25": "25 % quantile of k̂",
@@ -54,12 +55,12 @@ LAMBDA_ASSUMPTIONS = (
     "from the measured orders k̂_u — `dd.assemble` of the resolved reads, `loci=None`, measured "
     "path. Assumptions: (1) the read directions are independent (sum type, K = Σ_u K_u "
     "in disjoint coordinates; no normal crossings declared), so their λ_u add; (2) gauges "
-    "(k̂ = ∞) contribute 0, and unresolved reads are left out (their count is "
-    "n_unresolved); (3) flat prior (h = 0); (4) only the read directions count: the sweep "
-    "reads the detectors' directions (at most max_directions per layer), not a basis of "
-    "parameter space, so under (1) this is a lower bound on the checkpoint's λ unless the "
-    "read directions span its singular structure and its live directions (½ each; a "
-    "regular model of d parameters has λ = d/2)."
+    "(k̂ = ∞) contribute 0, and undetermined and unresolved reads are left out (their counts "
+    "are n_undetermined, n_unresolved); (3) flat prior (h = 0); (4) only the read "
+    "directions count: the sweep reads the detectors' directions (at most max_directions "
+    "per layer), not a basis of parameter space, so under (1) this is a lower bound on the "
+    "checkpoint's λ unless the read directions span its singular structure and its live "
+    "directions (½ each; a regular model of d parameters has λ = d/2)."
 )
 
 

@@ -27,6 +27,7 @@ KIND_COLOURS = {
     "regular": "#1f77b4",
     "singular": "#d62728",
     "gauge": "#2ca02c",
+    "undetermined": "#bcbd22",
     "unresolved": "#7f7f7f",
 }
 FIGURES = ("order_heatmap", "counts_lambda", "rate_curves")
@@ -90,14 +91,16 @@ def order_heatmap(frame, family: str, path: str | os.PathLike) -> Path:
 
 
 def counts_lambda(frame, family: str, path: str | os.PathLike) -> Path:
-    """Dead-direction counts and summed λ (all layers pooled) vs step, one line per size."""
+    """Dead-direction counts, undetermined counts and summed λ (all layers pooled) vs step,
+    one line per size."""
     plt = _plt()
     sub = frame[(frame["family"] == family) & (frame["layer"] == POOLED)]
     sizes = size_order(family, list(sub["size"].unique()))
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.4))
     panels = (
         ("n_dead", "dead directions (singular + gauge)"),
         ("n_singular", "singular directions"),
+        ("n_undetermined", "undetermined (gauge or genuine?)"),
         ("lam_sum", "λ = Σ 1/(2k̂) of the read directions"),
     )
     for ax, (metric, label) in zip(axes, panels, strict=True):

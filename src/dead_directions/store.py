@@ -270,7 +270,7 @@ DATA_VARIABLES = (
         "",
         "measured kind",
         "",
-        "regular | singular | gauge | unresolved",
+        "regular | singular | gauge | undetermined | unresolved",
     ),
     Variable(
         "order",
@@ -313,6 +313,26 @@ DATA_VARIABLES = (
         "second-order correctability residual ρ (METHOD §3)",
         "1",
         "NaN where not computed",
+    ),
+    Variable(
+        "rho_status",
+        _CD,
+        "str",
+        "",
+        "how ρ was obtained: solved | not-converged | under-determined | ill-conditioned | "
+        "no-departure",
+        "",
+        "'' where not computed",
+    ),
+    Variable(
+        "heldout",
+        _CD,
+        "float64",
+        np.nan,
+        "held-out check of a gauge candidate: max g / g_ref (flat) or ρ of the fitted "
+        "correction (curved) on held-out inputs",
+        "1",
+        "NaN where not checked",
     ),
     Variable("ray_order", _CD, "float64", np.nan, "order of the straight ray alone", "1"),
     Variable("scale", _CD, "float64", np.nan, "radius scale of the direction", "1"),
@@ -657,6 +677,8 @@ def _cell_values(reads: Sequence, layout_: Layout, key: CellKey) -> dict[str, np
         out["window_lo"][j], out["window_hi"][j] = lo, hi
         out["magnitude"][j] = r.magnitude
         out["correctability"][j] = r.correctability
+        out["rho_status"][j] = r.rho_status
+        out["heldout"][j] = r.heldout
         out["ray_order"][j] = r.ray_order
         out["scale"][j] = scale
         out["predicted_kind"][j] = r.predicted_kind or ""
