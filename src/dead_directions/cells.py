@@ -376,6 +376,7 @@ WIDTH_CELL_KINDS = (
     "relu-rescale",
     "z^2-rotation",
     "attention-qk",
+    "tanh-split",
 )
 
 
@@ -393,7 +394,11 @@ def width_cells(
     for tanh and GELU; a live ReLU unit's rescaling (curved gauge); a z² network whose
     units 0 and 1 have equal outgoing weights, rotated into each other (curved gauge).
     Attention of model width ``width`` (heads of dimension 2) on ``n_inputs`` sequences of
-    5 tokens: the ``W_Q A, W_K A^{-T}`` orbit tangent (curved gauge). ``noise``: dense
+    5 tokens: the ``W_Q A, W_K A^{-T}`` orbit tangent (curved gauge). A tanh MLP whose
+    units 0 and 1 are duplicates (same weights in and out), split apart (``w₀ + v``,
+    ``w₁ − v``): the ray leaves at second order, and unlike the z² rotation no first-order
+    move of those weights absorbs it (tanh''/tanh' is not linear in x), a genuine k = 2
+    with a nontrivial ρ. ``noise``: dense
     Gaussian noise over every parameter of the model added to each direction, of norm
     ``noise`` relative to the direction's (a direction whose exact zeros are not zero).
     ``kinds``: which of :data:`WIDTH_CELL_KINDS` to build (the rest are skipped, but every
@@ -453,6 +458,14 @@ def width_cells(
         block[sl, sl] = _gaussian(gen, att.head_dim, att.head_dim)
     vec = {"q.weight": block.T @ att.q.weight.detach(), "k.weight": -block @ att.k.weight.detach()}
     add("attention-qk", att, _gaussian(gen, n_inputs, 5, width), vec, "gauge", math.inf)
+    split = MLP(3, width, 2, "tanh", gen)
+    with torch.no_grad():
+        split.fc1.weight[1], split.fc1.bias[1] = split.fc1.weight[0], split.fc1.bias[0]
+        split.fc2.weight[:, 1] = split.fc2.weight[:, 0]
+    v = _gaussian(gen, 3)
+    vw = torch.zeros_like(split.fc1.weight.detach())
+    vw[0], vw[1] = v, -v
+    add("tanh-split", split, x, {"fc1.weight": vw}, "singular", 2.0)
     return cells
 
 
