@@ -173,3 +173,18 @@ def test_flat_on_the_probe_only_is_undetermined():
     # The same probe with the plane's inputs held out too: flat there, confirmed.
     same = dd.read(model, fit, u, heldout=fit[:16].clone())
     assert same.kind == "gauge"
+
+
+def test_two_regime_read_of_an_offset_node_death():
+    """METHOD §2: a (w x)² with the base offset by δ = 1e-2 from the locus (0, 0), ray
+    (1, 1)/√2. g ∝ (δ + t/√2)⁴: slope 0 below t ≈ √2 δ, 4 above. The lower plateau is the
+    wider, but near-dead: the read is singular k = 3 from the upper plateau, and r* is the
+    distance to the locus along the ray, √2 δ (closed form)."""
+    delta = 1e-2
+    model = dd.cells.NodeDeath("z^2", a=delta, w=delta)
+    x = torch.randn(512, 1, generator=torch.Generator().manual_seed(0), dtype=DTYPE)
+    u = {"a": torch.tensor(1.0, dtype=DTYPE), "w": torch.tensor(1.0, dtype=DTYPE)}
+    r = dd.read(model, x, u)
+    assert r.kind == "singular" and abs(r.order - 3.0) <= 0.1, (r.kind, r.order)
+    assert abs(r.lower_slope) <= 0.2 and r.upper_slope > 3.0
+    assert r.crossover == pytest.approx(math.sqrt(2) * delta, rel=0.5)

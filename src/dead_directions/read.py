@@ -55,7 +55,9 @@ class Read:
     ``g`` on the held-out inputs over their own ``g_ref``; for a curved one ρ on the
     held-out inputs with the correction fitted on the fit part (NaN where not checked).
     ``rho_status`` is :class:`~dead_directions.correctability.RhoFit`'s status (``""``
-    where ρ was not computed).
+    where ρ was not computed). ``lower_slope``, ``upper_slope`` and ``crossover`` (r*,
+    parameter units) describe a two-regime curve (:class:`~dead_directions.rate.RateRead`;
+    NaN for one regime).
     """
 
     name: str
@@ -80,6 +82,9 @@ class Read:
     seconds: float = math.nan
     heldout: float = math.nan
     rho_status: str = ""
+    lower_slope: float = math.nan
+    upper_slope: float = math.nan
+    crossover: float = math.nan
 
     @property
     def nu(self) -> float:
@@ -761,6 +766,9 @@ def _classify(
         predicted_order=d.predicted_order,
         note=note,
         rho_status=fit.status if fit is not None else "",
+        lower_slope=rate.lower_slope,
+        upper_slope=rate.upper_slope,
+        crossover=rate.crossover,
     )
 
 
