@@ -188,3 +188,25 @@ def test_two_regime_read_of_an_offset_node_death():
     assert r.kind == "singular" and abs(r.order - 3.0) <= 0.1, (r.kind, r.order)
     assert abs(r.lower_slope) <= 0.2 and r.upper_slope > 3.0
     assert r.crossover == pytest.approx(math.sqrt(2) * delta, rel=0.5)
+
+
+def test_float32_near_its_flat_threshold_is_decided_in_float64():
+    """Rule 6: softmax(W x + b), b moved along the all-ones vector (flat) plus 3e-3 of a
+    random bias direction: g/g_ref ≈ 1e-5, float32's flat threshold. float64 decides:
+    regular (its threshold is 1e-8), as the float64 read alone says."""
+    gen = torch.Generator().manual_seed(0)
+    model = dd.cells.Linear(3, 4, gen).eval()
+    x = torch.randn(256, 3, generator=gen, dtype=DTYPE)
+    ones = torch.ones(4, dtype=DTYPE) / 2.0
+    live = torch.randn(4, generator=gen, dtype=DTYPE)
+    live = live - live.mean()
+    u = {"fc.bias": ones + 3e-3 * live / live.norm()}
+    kw = dict(likelihood="categorical")
+    (r64,) = dd.read_many(model, x, [u], **kw)
+    (r32,), _, _, dtype = dd.read_on_device(
+        model, x, [u], device="cpu", dtype=torch.float32, spot_check=0, **kw
+    )
+    level = max(float(r64.fisher.max()), r64.fisher_base) / r64.g_ref
+    assert 1e-7 < level < 1e-3 and dtype == "float32"
+    assert r32.kind == r64.kind == "regular" and "decided by float64" in r32.note
+    assert r32.fisher_base == r64.fisher_base  # the float64 read itself

@@ -772,6 +772,34 @@ def _classify(
     )
 
 
+def _decide_near_flat_in_float64(model, inputs, directions, reads, device, options) -> list:
+    """Re-read in float64 the low-precision reads within 100× of their flat threshold."""
+    read_options = options.get("options") or ReadOptions()
+    bits = torch.finfo(torch.float32).bits
+    threshold = read_options.rate.eps_flat or default_eps_flat(bits)
+    near = []
+    for i, r in enumerate(reads):
+        if not r.g_ref > 0:
+            continue
+        level = max(float(np.max(r.fisher)), r.fisher_base) / r.g_ref
+        if threshold / 100 <= level <= threshold * 100:
+            near.append(i)
+    if not near:
+        return reads
+    exact = read_many(
+        model, inputs, [directions[i] for i in near], device=device, dtype=torch.float64, **options
+    )
+    out = list(reads)
+    for i, e in zip(near, exact, strict=True):
+        level = max(float(np.max(reads[i].fisher)), reads[i].fisher_base) / reads[i].g_ref
+        out[i] = replace(
+            e,
+            note=f"{e.note}; decided by float64 (float32 max g/g_ref = {level:.2g}, within "
+            f"100× of its flat threshold {threshold:g})".lstrip("; "),
+        )
+    return out
+
+
 @dataclass(frozen=True)
 class SpotCheck:
     """Float64 re-read of a subset of directions read in a lower precision.
@@ -801,7 +829,10 @@ def read_on_device(
 
     ``device=None`` picks CUDA when available. In float32, ``spot_check`` directions
     (evenly spaced) are re-read in float64 and the disagreement is returned, so a store
-    can record it. Returns ``(reads, spot check or None, device name, dtype name)``.
+    can record it. float32 cannot decide near its flat threshold (METHOD §3 rule 6): a
+    direction whose largest ``g / g_ref`` on the grid is within 100× of it (either side)
+    is re-read in float64, and that read replaces its float32 one (its note says so).
+    Returns ``(reads, spot check or None, device name, dtype name)``.
     """
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -812,6 +843,8 @@ def read_on_device(
     torch.backends.cuda.matmul.allow_tf32 = tf32
     try:
         reads = read_many(model, inputs, directions, device=device, dtype=dtype, **options)
+        if dtype != torch.float64 and directions:
+            reads = _decide_near_flat_in_float64(model, inputs, directions, reads, device, options)
         check = None
         if dtype != torch.float64 and spot_check > 0 and directions:
             n = len(directions)
