@@ -23,6 +23,9 @@ class RateOptions:
     ``zero_slope``: local slopes within this of 0 can form a lower plateau (two regimes).
     ``near_dead``: a lower plateau whose level (geometric mean of g over it) is at most
     this times ``g_ref`` is a near-dead direction: the upper plateau gives k̂ (METHOD §2).
+    The default is ``dead_magnitude``'s: below it a direction is numerically dead at this
+    scale, so what the curve does above its crossover is the locus' order; above it (a
+    trained tanh MLP's weakest live directions sit at 1e-4 … 1e-3 of g_ref) it is live.
     """
 
     slope_tol: float = 0.1
@@ -31,7 +34,7 @@ class RateOptions:
     floor: float | None = None
     dead_magnitude: float = 1e-6
     zero_slope: float = 0.2
-    near_dead: float = 1e-3
+    near_dead: float = 1e-6
 
 
 def default_eps_flat(float_bits: int) -> float:
