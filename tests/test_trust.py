@@ -3,6 +3,7 @@ invariance of ρ, determinacy, the held-out confirmation of gauges, flat tensors
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -210,3 +211,41 @@ def test_float32_near_its_flat_threshold_is_decided_in_float64():
     assert 1e-7 < level < 1e-3 and dtype == "float32"
     assert r32.kind == r64.kind == "regular" and "decided by float64" in r32.note
     assert r32.fisher_base == r64.fisher_base  # the float64 read itself
+
+
+def test_store_keeps_the_new_variables(tmp_path):
+    """The store's undetermined kind, rho_status, heldout and the two-regime variables
+    equal the reads they were written from."""
+    from synthetic import PROVENANCE
+
+    from dead_directions import store
+
+    path = tmp_path / "s.zarr"
+    layout = store.init(path, max_directions=4)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 1, generator=gen, dtype=DTYPE)
+    offset = dd.cells.NodeDeath("z^2", a=1e-2, w=1e-2)
+    two = {"a": torch.tensor(1.0, dtype=DTYPE), "w": torch.tensor(1.0, dtype=DTYPE)}
+    cells = {c.name: c for c in CELLS}
+    rescale = cells["relu-rescale"]
+    reads = [
+        dd.read(offset, x, two, radii=layout.radii),
+        dd.read(rescale.model, rescale.inputs, rescale.direction, radii=layout.radii),
+        dd.read(
+            rescale.model,
+            rescale.inputs[:4],  # 3 fit inputs: under-determined
+            rescale.direction,
+            radii=layout.radii,
+        ),
+    ]
+    assert [r.kind for r in reads] == ["singular", "gauge", "undetermined"]
+    key = store.CellKey("cells", "s", 0, "fc1")
+    store.write_cell(path, key, reads, PROVENANCE)
+    cell = store.open(path).load().sel(family="cells", size="s", step=0, layer="fc1")
+    n = len(reads)
+    assert list(cell["kind"].values[:n]) == [r.kind for r in reads]
+    assert list(cell["rho_status"].values[:n]) == [r.rho_status for r in reads]
+    for name in ("heldout", "lower_slope", "upper_slope", "crossover"):
+        np.testing.assert_array_equal(cell[name].values[:n], [getattr(r, name) for r in reads])
+    assert math.isfinite(float(cell["crossover"].values[0]))
+    assert reads[2].rho_status == "under-determined"
