@@ -85,8 +85,10 @@ def test_matches_sentence_transformers(model):
 
 def test_read_matches_finite_difference_fisher(model):
     """dd.read on MiniLM: g(θ; u) for u in a weight tensor equals mean ‖J u‖² computed by a
-    central difference of last_hidden_state; the unused token-type row reads as flat."""
-    batch = minilm.probe(n=1)
+    central difference of last_hidden_state on the fit part of the probe (the first
+    sentence; the second is held out); the unused token-type row reads as flat, confirmed
+    on the held-out sentence."""
+    batch = minilm.probe(n=2)
     params = dict(model.named_parameters())
     gen = torch.Generator().manual_seed(0)
     u = torch.randn(params[DENSE].shape, generator=gen, dtype=torch.float64)
@@ -104,11 +106,12 @@ def test_read_matches_finite_difference_fisher(model):
         options=dd.ReadOptions(n_reference=2),
     )
     eps = 1e-5
+    fit, _ = dd.split_probe(batch)
     with torch.no_grad():
 
         def hidden(t):
             state = {**params, DENSE: params[DENSE] + t * u}
-            return torch.func.functional_call(model, state, (), batch).last_hidden_state
+            return torch.func.functional_call(model, state, (), fit).last_hidden_state
 
         ju = (hidden(eps) - hidden(-eps)) / (2 * eps)
     g = float((ju**2).sum(dim=(1, 2)).mean())

@@ -69,3 +69,29 @@ def test_no_window_is_unresolved():
 def test_window_prefers_larger_radii_on_ties():
     slopes = np.array([0.0, 0.0, 0.0, 1.0, 4.0, 4.0, 4.0])
     assert scaling_window(slopes, 0.1, 3) == (4, 7)
+
+
+@pytest.mark.parametrize("delta", [1e-2])
+def test_two_regimes_near_dead_takes_the_upper_plateau_and_finds_the_crossover(delta):
+    """z² node death offset by δ (METHOD §2): g ∝ (t + δ)⁴, slope 0 for t ≪ δ, 4 above.
+    At δ = 1e-2 the lower plateau is the wider, but its level δ⁴ is small against g_ref = 1:
+    k̂ from the upper plateau, and the fitted lines meet at r* = δ (closed form). (On this
+    grid, 1e-4 … 1, δ ≥ 3e-2 leaves no upper plateau of 3 slopes, and δ ≤ 5e-3 no lower one:
+    the curve then has one regime.)"""
+    g = (T + delta) ** 4
+    r = read(g)
+    assert r.order == pytest.approx(3.0, abs=0.1)
+    assert r.lower_slope == pytest.approx(0.0, abs=0.2)
+    assert r.upper_slope > 3.0
+    assert r.lower_level == pytest.approx(delta**4, rel=0.2)
+    assert r.crossover == pytest.approx(delta, rel=0.5)
+
+
+def test_two_regimes_of_a_live_direction_stay_regular():
+    """A regular direction whose g grows at large radii: the lower level (1 = g_ref) is
+    not small, so the wider lower plateau gives k̂ = 1; both slopes are still reported."""
+    g = 1.0 + (T / 0.03) ** 4
+    r = read(g)
+    assert r.order == pytest.approx(1.0, abs=0.05)
+    assert r.lower_level == pytest.approx(1.0, rel=0.01)
+    assert r.upper_slope > 3.0 and r.crossover == pytest.approx(0.03, rel=0.5)

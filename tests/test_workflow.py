@@ -174,7 +174,8 @@ def test_tiny_sweep_end_to_end(tiny_run):
         assert [d.name for d in found] == list(cell["label"].values)
         assert 1 <= len(found) <= 8
         assert np.isfinite(cell["fisher"].values).all()
-        assert set(cell["kind"].values) <= {"regular", "singular", "gauge", "unresolved"}
+        kinds = {"regular", "singular", "gauge", "undetermined", "unresolved"}
+        assert set(cell["kind"].values) <= kinds
         assert cell["device"].item() == "cpu" and cell["dtype"].item() == "float64"
         assert cell["probe_hash"].item() == digest and cell["git_commit"].item()
         checkpoint = tiny_run / cell["checkpoint"].item()  # relative to the workdir

@@ -242,7 +242,7 @@ def test_read_on_trained_checkpoint_matches_explicit_fisher(tiny_zoo):
 
         def at(t):
             state = {k: p + t * u[k] if k in u else p for k, p in params.items()}
-            return torch.func.functional_call(model, state, (x,))
+            return torch.func.functional_call(model, state, (dd.split_probe(x)[0],))
 
         ju = (at(eps) - at(-eps)) / (2 * eps)
     g = float((ju**2).sum(dim=1).mean())

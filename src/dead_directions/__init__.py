@@ -17,7 +17,7 @@ from .direction import Direction
 from .likelihood import Likelihood, get_likelihood
 from .prune import PruneReport, prune
 from .rate import RateOptions
-from .read import Read, ReadOptions, SpotCheck, read, read_many, read_on_device
+from .read import Read, ReadOptions, SpotCheck, read, read_many, read_on_device, split_probe
 
 __version__ = "0.1.0"
 
@@ -46,6 +46,7 @@ __all__ = [
     "get_likelihood",
     "read",
     "read_many",
+    "split_probe",
     "read_on_device",
     "SpotCheck",
 ]

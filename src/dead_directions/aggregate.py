@@ -49,6 +49,7 @@ METRICS: Mapping[str, str] = {
     "n_singular": "directions read singular",
     "n_gauge": "directions read gauge",
     "n_regular": "directions read regular",
+    "n_undetermined": "directions the data cannot decide (gauge or genuine; see the note)",
     "n_unresolved": "directions left unresolved",
     "order_median": "median measured order k̂ (finite orders)",
     "order_q25": "25 % quantile of k̂",

@@ -370,6 +370,105 @@ def read_cells(n_inputs: int = 512, seed: int = 0) -> list[Cell]:
     return cells
 
 
+WIDTH_CELL_KINDS = (
+    "node-death-tanh",
+    "node-death-gelu",
+    "relu-rescale",
+    "z^2-rotation",
+    "attention-qk",
+    "tanh-split",
+)
+
+
+def width_cells(
+    width: int,
+    n_inputs: int = 512,
+    seed: int = 0,
+    noise: float = 0.0,
+    kinds: tuple[str, ...] = WIDTH_CELL_KINDS,
+) -> list[Cell]:
+    """The cells of :data:`WIDTH_CELL_KINDS` at one width (issue 16, METHOD §3 rule 2).
+
+    MLP 3→``width``→2 on ``n_inputs`` Gaussian inputs: a node death (unit 0's incoming
+    weights, bias and outgoing weights zero at the base; the direction moves them, k = 2)
+    for tanh and GELU; a live ReLU unit's rescaling (curved gauge); a z² network whose
+    units 0 and 1 have equal outgoing weights, rotated into each other (curved gauge).
+    Attention of model width ``width`` (heads of dimension 2) on ``n_inputs`` sequences of
+    5 tokens: the ``W_Q A, W_K A^{-T}`` orbit tangent (curved gauge). A tanh MLP whose
+    units 0 and 1 are duplicates (same weights in and out), split apart (``w₀ + v``,
+    ``w₁ − v``): the ray leaves at second order, and unlike the z² rotation no first-order
+    move of those weights absorbs it (tanh''/tanh' is not linear in x), a genuine k = 2
+    with a nontrivial ρ. ``noise``: dense
+    Gaussian noise over every parameter of the model added to each direction, of norm
+    ``noise`` relative to the direction's (a direction whose exact zeros are not zero).
+    ``kinds``: which of :data:`WIDTH_CELL_KINDS` to build (the rest are skipped, but every
+    model is drawn, so a cell is the same whichever others are asked for).
+    """
+    unknown = set(kinds) - set(WIDTH_CELL_KINDS)
+    if unknown:
+        raise ValueError(f"kinds: unknown {sorted(unknown)}; choose from {WIDTH_CELL_KINDS}.")
+    if width < 2:
+        raise ValueError(f"width must be at least 2 (two units for the rotation), got {width}.")
+    gen = torch.Generator().manual_seed(seed)
+    x = _gaussian(gen, n_inputs, 3)
+    cells: list[Cell] = []
+
+    def add(name, model, inputs, vector, kind, order, base=None):
+        if noise:
+            norm = math.sqrt(sum(float((v * v).sum()) for v in vector.values()))
+            dense = {k: _gaussian(gen, *p.shape) for k, p in model.named_parameters()}
+            scale = noise * norm / math.sqrt(sum(float((v * v).sum()) for v in dense.values()))
+            vector = {k: vector.get(k, 0) + scale * v for k, v in dense.items()}
+        if name not in kinds:
+            return
+        direction = _dir(f"{name}-w{width}", "fc1", vector, kind, order, base=base)
+        cells.append(Cell(f"{name}-w{width}", f"{name} at width {width}", model, inputs, direction))
+
+    for act in ("tanh", "gelu"):
+        mlp = MLP(3, width, 2, act, gen)
+        base = {
+            "fc1.weight": _mask_channel(mlp.fc1.weight, 0, axis=0),
+            "fc1.bias": _mask_channel(mlp.fc1.bias, 0, axis=0),
+            "fc2.weight": _mask_channel(mlp.fc2.weight, 0, axis=1),
+        }
+        vec = {
+            "fc1.weight": _row(_gaussian(gen, width, 3), 0, axis=0),
+            "fc1.bias": _row(_gaussian(gen, width), 0, axis=0),
+            "fc2.weight": _row(_gaussian(gen, 2, width), 0, axis=1),
+        }
+        add(f"node-death-{act}", mlp, x, vec, "singular", 2.0, base)
+    mlp = MLP(3, width, 2, "relu", gen)
+    vec = {
+        "fc1.weight": _row(mlp.fc1.weight, 0, axis=0),
+        "fc1.bias": _row(mlp.fc1.bias, 0, axis=0),
+        "fc2.weight": -_row(mlp.fc2.weight, 0, axis=1),
+    }
+    add("relu-rescale", mlp, x, vec, "gauge", math.inf)
+    square = MLP(3, width, 2, "z^2", gen)
+    with torch.no_grad():
+        square.fc2.weight[:, 1] = square.fc2.weight[:, 0]
+    w, b = square.fc1.weight.detach(), square.fc1.bias.detach()
+    vw, vb = torch.zeros_like(w), torch.zeros_like(b)
+    vw[0], vw[1], vb[0], vb[1] = w[1], -w[0], b[1], -b[0]
+    add("z^2-rotation", square, x, {"fc1.weight": vw, "fc1.bias": vb}, "gauge", math.inf)
+    att = Attention(width, max(1, width // 2), gen)
+    block = torch.zeros(width, width, dtype=DTYPE)
+    for h in range(att.heads):
+        sl = slice(h * att.head_dim, (h + 1) * att.head_dim)
+        block[sl, sl] = _gaussian(gen, att.head_dim, att.head_dim)
+    vec = {"q.weight": block.T @ att.q.weight.detach(), "k.weight": -block @ att.k.weight.detach()}
+    add("attention-qk", att, _gaussian(gen, n_inputs, 5, width), vec, "gauge", math.inf)
+    split = MLP(3, width, 2, "tanh", gen)
+    with torch.no_grad():
+        split.fc1.weight[1], split.fc1.bias[1] = split.fc1.weight[0], split.fc1.bias[0]
+        split.fc2.weight[:, 1] = split.fc2.weight[:, 0]
+    v = _gaussian(gen, 3)
+    vw = torch.zeros_like(split.fc1.weight.detach())
+    vw[0], vw[1] = v, -v
+    add("tanh-split", split, x, {"fc1.weight": vw}, "singular", 2.0)
+    return cells
+
+
 def _mask_channel(weight: torch.Tensor, channel: int, axis: int) -> torch.Tensor:
     """Offset that sets ``weight``'s slice ``channel`` along ``axis`` to zero."""
     offset = torch.zeros_like(weight.detach())

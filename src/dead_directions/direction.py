@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-KINDS = ("regular", "singular", "gauge", "unresolved")
+KINDS = ("regular", "singular", "gauge", "undetermined", "unresolved")
 
 
 @dataclass(frozen=True, eq=False)

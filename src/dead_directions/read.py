@@ -6,17 +6,19 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from .allocator import retain_freed_memory
-from .correctability import correctability_many
+from .correctability import CORRECTION_FRACTION, RhoFit, heldout_rho, rho_fits
 from .direction import Direction, as_direction, normalise, validate_offsets
 from .fisher import (
+    Batch,
     FunctionalModel,
     LayerSuffix,
+    _split,
     check_output,
     directional_fisher_sums,
     eval_mode,
@@ -26,7 +28,7 @@ from .fisher import (
     prepare_batch,
 )
 from .likelihood import get_likelihood
-from .rate import RateOptions, default_eps_flat, default_floor, read_rate
+from .rate import RateOptions, default_eps_flat, default_floor, flat_rate, read_rate
 
 DEFAULT_RADII = tuple(np.logspace(-4, 0, 25).tolist())
 
@@ -43,8 +45,19 @@ class Read:
     with ``g_ref`` the median directional Fisher of random unit directions in the same
     tensors (units of g: squared output units per squared parameter unit, divided by
     σ² for the Gaussian head). ``correctability`` is ρ of METHOD §3 (NaN where not
-    computed). ``radii`` (shape ``(R,)``) and ``fisher`` (shape ``(R,)``) are the rate
-    curve; ``fisher_base`` is ``g`` at ``t = 0``.
+    computed), fitted on the fit part of the probe. ``radii`` (shape ``(R,)``) and
+    ``fisher`` (shape ``(R,)``) are the rate curve on the fit part; ``fisher_base`` is
+    ``g`` at ``t = 0``.
+
+    ``kind`` is ``regular``, ``singular``, ``gauge``, ``undetermined`` (the data cannot
+    decide: ``note`` says why) or ``unresolved`` (no scaling window). ``heldout`` is the
+    held-out check of a gauge candidate (METHOD §3 rule 1): for a flat one the largest
+    ``g`` on the held-out inputs over their own ``g_ref``; for a curved one ρ on the
+    held-out inputs with the correction fitted on the fit part (NaN where not checked).
+    ``rho_status`` is :class:`~dead_directions.correctability.RhoFit`'s status (``""``
+    where ρ was not computed). ``lower_slope``, ``upper_slope`` and ``crossover`` (r*,
+    parameter units) describe a two-regime curve (:class:`~dead_directions.rate.RateRead`;
+    NaN for one regime).
     """
 
     name: str
@@ -67,6 +80,11 @@ class Read:
     predicted_order: float | None = None
     note: str = ""
     seconds: float = math.nan
+    heldout: float = math.nan
+    rho_status: str = ""
+    lower_slope: float = math.nan
+    upper_slope: float = math.nan
+    crossover: float = math.nan
 
     @property
     def nu(self) -> float:
@@ -94,11 +112,25 @@ class ReadOptions:
     """Options of the read beyond the rate tolerances.
 
     ``n_reference``: random unit directions per tensor set for ``g_ref``.
-    ``rho_gauge``: ρ at or below this classifies a k̂ ≥ 1.5 ray as a curved gauge.
+    ``rho_gauge``: ρ at or below this classifies a k̂ ≈ 2 ray as a curved gauge. It sits
+    in the measured gap between exact gauges (ρ at solver precision, ≤ 1e-12 by the exact
+    solve) and genuine singularities of wide networks (ρ ≥ 1e-3):
+    ``benchmarks/bench_rho.py`` prints both distributions.
     ``rho_stop``: CGLS for ρ stops once ρ falls to this (its residual never rises again,
     so the decision against ``rho_gauge`` is made); a curved gauge's stored ρ is then an
-    upper bound, between 0 and ``rho_stop``. 1e-10 runs CGLS to convergence.
+    upper bound, between 0 and ``rho_stop``, well below ``rho_gauge``.
     ``correctability``: compute ρ for rays that read ``|k̂ − 2| ≤ curved_gauge_band``.
+    ``support_fraction``: ρ's correction space is the entries a direction moves by more
+    than this fraction of its largest entry (:data:`~dead_directions.correctability.
+    CORRECTION_FRACTION`, METHOD §3 rule 2).
+    ``min_constraints_ratio``: ρ is fitted only where the fit data give at least this many
+    output equations per correction parameter; otherwise the read is ``undetermined``.
+    ``heldout_fraction``: without explicit held-out inputs, the last ``⌊f·n⌋`` samples
+    (at least one) of every probe batch of ``n ≥ 2`` samples are held out: the rate
+    curves and ρ's fit use the rest, and every gauge verdict must hold on them too
+    (METHOD §3 rule 1). 0 holds nothing out, and gauges then read ``undetermined``.
+    ``heldout_flat_margin``: a flat gauge is confirmed where ``g ≤ margin · eps_flat ·
+    g_ref`` on the held-out inputs (their own ``g_ref``), see :func:`_confirm_gauges`.
     ``memory_budget``: bytes per vmapped chunk of (direction, radius) pairs; ``None`` takes
     64 MiB on CPU (cache-sized working sets are faster there; raised to 24 pairs while
     under 512 MiB, as a call's fixed cost outweighs the cache) and a quarter of the free
@@ -110,10 +142,14 @@ class ReadOptions:
 
     rate: RateOptions = RateOptions()
     n_reference: int = 8
-    rho_gauge: float = 0.05
-    rho_stop: float = 1e-3
+    rho_gauge: float = 1e-6
+    rho_stop: float = 1e-8
     correctability: bool = True
     curved_gauge_band: float = 0.5
+    support_fraction: float = CORRECTION_FRACTION
+    min_constraints_ratio: float = 2.0
+    heldout_fraction: float = 0.25
+    heldout_flat_margin: float = 100.0
     memory_budget: int | None = None
     retain_freed_memory: bool = True
 
@@ -180,16 +216,22 @@ def read_many(
     device: torch.device | str | None = None,
     seed: int = 0,
     options: ReadOptions | None = None,
+    heldout=None,
+    _confirm: bool = True,
 ) -> list[Read]:
     """Read many directions at one checkpoint, batched over (direction, radius) pairs.
 
     ``model``: any module, evaluated by ``functional_call`` in eval mode at its named
     parameters plus ``base`` (plus each direction's own ``base``). ``inputs``: a tensor,
     a dict of keyword tensors, or an iterable of such batches (streamed once; ρ uses the
-    first batch). ``output`` maps the module's return value to the output tensor
-    ``(batch, ..., out)``. ``radii`` (default 1e-4 … 1, 25 log-spaced points) multiply
-    each direction's ``scale``. ``batch_size`` splits a single tensor input into probe
-    batches; ``chunk_size`` bounds the (direction, radius) pairs per vmapped call.
+    first batch). ``heldout``: inputs of the same form that neither the detectors nor the
+    fit saw, on which every gauge verdict is confirmed (METHOD §3 rule 1); ``None`` holds
+    out ``options.heldout_fraction`` of every probe batch instead (:func:`split_probe`
+    gives the same split of a single tensor or dict, for the detectors). ``output`` maps
+    the module's return value to the output tensor ``(batch, ..., out)``. ``radii``
+    (default 1e-4 … 1, 25 log-spaced points) multiply each direction's ``scale``.
+    ``batch_size`` splits a single tensor input into probe batches (after the held-out
+    split); ``chunk_size`` bounds the (direction, radius) pairs per vmapped call.
     """
     started = time.perf_counter()
     options = options or ReadOptions()
@@ -231,10 +273,20 @@ def read_many(
     for group in groups:
         group.layer = local_layer(model, group.support)
 
+    held: list[Batch] = []
+    if heldout is not None:
+        held = list(iter_batches(heldout))
+        fit_batches = iter_batches(inputs, batch_size)
+    elif _confirm and options.heldout_fraction > 0:
+        fit_batches = _holding_out(inputs, options.heldout_fraction, batch_size, held)
+    else:
+        fit_batches = iter_batches(inputs, batch_size)
     first_batch = None
     n_samples = 0
+    fits: dict[int, RhoFit] = {}
+    fmodels: dict[int, tuple[FunctionalModel, dict[str, torch.Tensor]]] = {}
     with eval_mode(model), torch.no_grad():
-        for index, raw in enumerate(iter_batches(inputs, batch_size)):
+        for index, raw in enumerate(fit_batches):
             batch = prepare_batch(raw, dtype, device, index)
             if first_batch is None:
                 first_batch = batch
@@ -281,11 +333,17 @@ def read_many(
             per_dir = [len(r) + 1 for r in group.radii]
             ref_vals = g_all[sum(per_dir) :].reshape(len(group.refs), 2)
             g_ref = float(np.median(ref_vals.max(axis=1))) if len(group.refs) else math.nan
+            # Every reference exactly 0: the tensors carry no Fisher at all on this probe
+            # (e.g. a zero output head), and a curve that is 0 too is flat (METHOD §3 rule 5).
+            dark = len(group.refs) > 0 and float(np.max(ref_vals)) == 0.0
             curves, rates, offset = [], [], 0
             for j in range(n_dir):
                 curve = g_all[offset : offset + per_dir[j]]
                 offset += per_dir[j]
                 curves.append(curve)
+                if dark and float(np.max(np.abs(curve))) == 0.0:
+                    rates.append(flat_rate(group.radii[j]))
+                    continue
                 rates.append(
                     read_rate(
                         group.radii[j],
@@ -296,25 +354,193 @@ def read_many(
                         options=options.rate,
                     )
                 )
-            rhos = _rhos(group, rates, g_ref, fmodel, lik, first_batch, eps_flat, options)
+            group_fits = _rhos(group, rates, g_ref, fmodel, lik, first_batch, eps_flat, options)
             for j in range(n_dir):
-                reads[group.indices[j]] = _classify(
-                    directions[group.indices[j]],
+                i = group.indices[j]
+                if j in group_fits:
+                    fits[i], fmodels[i] = group_fits[j], (fmodel, group.vectors[j])
+                reads[i] = _classify(
+                    directions[i],
                     group.radii[j],
                     curves[j],
                     g_ref,
                     rates[j],
-                    rhos.get(j, math.nan),
+                    group_fits.get(j),
                     options,
+                    dark=dark,
                 )
+        if _confirm:
+            reads = _confirm_gauges(
+                reads,
+                directions,
+                held,
+                fits,
+                fmodels,
+                lik,
+                eps_flat,
+                dict(
+                    model=model,
+                    likelihood=lik,
+                    output=output,
+                    base=base,
+                    radii=grid,
+                    dtype=dtype,
+                    batch_size=batch_size,
+                    chunk_size=chunk_size,
+                    device=device,
+                    seed=seed,
+                    options=options,
+                    _confirm=False,
+                ),
+                options,
+            )
     elapsed = (time.perf_counter() - started) / len(directions)
-    return [_with_seconds(r, elapsed) for r in reads]
+    return [replace(r, seconds=elapsed) for r in reads]
 
 
-def _with_seconds(r: Read, seconds: float) -> Read:
-    from dataclasses import replace
+def split_probe(inputs, fraction: float = ReadOptions.heldout_fraction):
+    """``(fit, heldout)`` parts of one probe batch (a tensor, a dict of keyword tensors or
+    a tuple of positional tensors, samples along the first axis): the last ``⌊f·n⌋``
+    samples (at least one) are held out when ``n ≥ 2``, none otherwise (``heldout`` is then
+    ``None``). This is the split :func:`read_many` makes of every probe batch; give the fit
+    part to the detectors, so that neither they nor ρ's fit see the held-out inputs.
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"heldout fraction must be in [0, 1), got {fraction!r}.")
+    if isinstance(inputs, torch.Tensor):
+        fit, held = _split_rows(((inputs,), {}), fraction)
+        return fit[0][0], (held[0][0] if held else None)
+    if isinstance(inputs, Mapping):
+        fit, held = _split_rows(((), dict(inputs)), fraction)
+        return fit[1], (held[1] if held else None)
+    if isinstance(inputs, tuple):
+        fit, held = _split_rows((inputs, {}), fraction)
+        return fit[0], (held[0] if held else None)
+    raise ValueError(
+        f"split_probe: expected a tensor, a dict or a tuple of tensors, got "
+        f"{type(inputs).__name__}; split an iterable of batches batch by batch."
+    )
 
-    return replace(r, seconds=seconds)
+
+def _split_rows(batch: Batch, fraction: float) -> tuple[Batch, Batch | None]:
+    """A batch's fit rows and held-out rows (the last ``⌊f·n⌋``, at least one; ``None``
+    when ``n < 2`` or ``f = 0``). Every tensor argument is cut along its first axis."""
+    args, kwargs = batch
+    tensors = [v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor) and v.ndim]
+    n = tensors[0].shape[0] if tensors else 0
+    if fraction <= 0 or n < 2:
+        return batch, None
+    if any(t.shape[0] != n for t in tensors):
+        raise ValueError(
+            "inputs: the tensors of a probe batch disagree on the number of samples (first "
+            f"axis: {sorted({t.shape[0] for t in tensors})}); the held-out split needs one."
+        )
+    cut = n - min(n - 1, max(1, math.floor(fraction * n)))
+
+    def part(sl):
+        return (
+            tuple(a[sl] if isinstance(a, torch.Tensor) and a.ndim else a for a in args),
+            {
+                k: (v[sl] if isinstance(v, torch.Tensor) and v.ndim else v)
+                for k, v in kwargs.items()
+            },
+        )
+
+    return part(slice(0, cut)), part(slice(cut, n))
+
+
+def _holding_out(inputs, fraction: float, batch_size: int | None, held: list[Batch]):
+    """Fit batches of ``inputs``, the held-out rows of each raw batch appended to ``held``
+    (before ``batch_size`` splits it, so the split does not depend on the batching)."""
+    for raw in iter_batches(inputs):
+        fit, out = _split_rows(raw, fraction)
+        if out is not None:
+            held.append(out)
+        yield from _split(fit, batch_size)
+
+
+def _confirm_gauges(
+    reads, directions, held, fits, fmodels, lik, eps_flat, again, options
+) -> list[Read]:
+    """Every gauge verdict confirmed on held-out inputs (METHOD §3 rule 1), else
+    ``undetermined`` with the reason.
+
+    A flat gauge must read a gauge on the held-out inputs too (a read of the same
+    directions there, with their own ``g_ref``): flat within ``heldout_flat_margin`` of
+    ``eps_flat`` (the held-out part is a smaller sample, so a direction at the threshold on
+    the fit part falls on either side of it there by sampling alone, while a probe artefact
+    is excited at a magnitude comparable to ``g_ref``, decades above), or a curved gauge
+    (a ReLU unit silent on the fit part but firing on held-out inputs: its rescaling is
+    flat on the one and a curved orbit on the other; ρ is then fitted on the held-out
+    part, the only data where the direction departs at second order). A curved gauge's
+    correction, fitted on the fit part, must leave ρ ≤ ``rho_gauge`` on the held-out inputs
+    (:func:`heldout_rho`).
+    """
+    out = list(reads)
+    gauges = [i for i, r in enumerate(reads) if r.kind == "gauge"]
+    if not gauges:
+        return out
+    if not held:
+        for i in gauges:
+            out[i] = replace(
+                reads[i],
+                kind="undetermined",
+                order=math.nan,
+                lam=math.nan,
+                note=f"{reads[i].note}; no held-out inputs to confirm the gauge (a probe "
+                "batch of one sample, heldout_fraction = 0, or no heldout inputs given)",
+            )
+        return out
+    flat = [i for i in gauges if math.isinf(reads[i].ray_order) or i not in fits]
+    for i in gauges:
+        if i in flat:
+            continue
+        fit = fits[i]
+        fmodel, u = fmodels[i]
+        batches = [prepare_batch(b, again["dtype"], again["device"], j) for j, b in enumerate(held)]
+        rho_h = heldout_rho(fmodel, lik, batches, u, fit.correction)
+        if not math.isfinite(rho_h):
+            # No second-order departure on the held-out inputs (a ReLU unit that fires on
+            # the fit part only): nothing to correct there, so read it there instead.
+            flat.append(i)
+        elif rho_h <= options.rho_gauge:
+            out[i] = replace(reads[i], heldout=rho_h)
+        else:
+            out[i] = replace(
+                reads[i],
+                kind="undetermined",
+                order=math.nan,
+                lam=math.nan,
+                heldout=rho_h,
+                note=f"ρ = {fit.rho:.2g} on the probe, but the correction fitted there leaves "
+                f"ρ = {rho_h:.2g} on held-out inputs: the fit absorbed the probe, not an orbit",
+            )
+    if flat:
+        # iter_batches takes a tuple as positional arguments and a dict as keywords.
+        as_inputs = [tuple(args) if not kwargs else kwargs for args, kwargs in held]
+        checks = read_many(inputs=as_inputs, directions=[directions[i] for i in flat], **again)
+        for i, check in zip(flat, checks, strict=True):
+            g_max = max(float(np.max(check.fisher)), check.fisher_base)
+            ratio = g_max / check.g_ref if check.g_ref > 0 else (0.0 if g_max == 0 else math.inf)
+            if check.kind == "gauge" or ratio <= options.heldout_flat_margin * eps_flat:
+                out[i] = replace(reads[i], heldout=ratio)
+                if check.kind == "gauge" and math.isfinite(check.ray_order):
+                    out[i] = replace(
+                        out[i],
+                        note=f"{reads[i].note}; on held-out inputs a curved gauge (ρ = "
+                        f"{check.correctability:.2g} fitted there)",
+                    )
+            else:
+                out[i] = replace(
+                    reads[i],
+                    kind="undetermined",
+                    order=math.nan,
+                    lam=math.nan,
+                    heldout=ratio,
+                    note=f"{reads[i].note}, but not on held-out inputs (g ≤ {ratio:.2g}·g_ref "
+                    f"there, reads {check.kind} k̂ = {check.order:.3g}): a probe artefact",
+                )
+    return out
 
 
 def _radius_grid(radii) -> np.ndarray:
@@ -456,16 +682,16 @@ def _needs_rho(rate, options: ReadOptions) -> bool:
     )
 
 
-def _rhos(group, rates, g_ref, fmodel, lik, batch, eps_flat, options) -> dict[int, float]:
-    """ρ of the group's directions that need it, by index; CGLS runs of directions over the
-    same tensors vmapped together."""
+def _rhos(group, rates, g_ref, fmodel, lik, batch, eps_flat, options) -> dict[int, RhoFit]:
+    """ρ fits of the group's directions that need one, by index; CGLS runs of directions
+    over the same tensors vmapped together."""
     by_tensors: dict[tuple[str, ...], list[int]] = {}
     for j, rate in enumerate(rates):
         if _needs_rho(rate, options):
             by_tensors.setdefault(tuple(group.vectors[j]), []).append(j)
-    rhos: dict[int, float] = {}
+    out: dict[int, RhoFit] = {}
     for indices in by_tensors.values():
-        values = correctability_many(
+        values = rho_fits(
             fmodel,
             lik,
             batch,
@@ -474,21 +700,36 @@ def _rhos(group, rates, g_ref, fmodel, lik, batch, eps_flat, options) -> dict[in
             eps_flat=eps_flat,
             rho_tiny=options.rho_stop,
             confirm_above=options.rho_gauge,
+            rho_gauge=options.rho_gauge,
+            support_fraction=options.support_fraction,
+            min_constraints_ratio=options.min_constraints_ratio,
         )
-        rhos.update(zip(indices, values, strict=True))
-    return rhos
+        out.update(zip(indices, values, strict=True))
+    return out
 
 
 def _classify(
-    d: Direction, radii, curve, g_ref: float, rate, rho: float, options: ReadOptions
+    d: Direction,
+    radii,
+    curve,
+    g_ref: float,
+    rate,
+    fit: RhoFit | None,
+    options: ReadOptions,
+    dark: bool = False,
 ) -> Read:
     g_base = float(curve[0])
     g = np.asarray(curve[1:], dtype=float)
     magnitude = g_base / g_ref if g_ref > 0 else math.nan
+    rho = fit.rho if fit is not None else math.nan
     note = ""
     if rate.flat:
         kind, order, lam = "gauge", math.inf, 0.0
-        note = "flat: g ≤ eps_flat·g_ref on the whole grid"
+        note = (
+            "flat: g ≡ 0 and every random reference in the same tensors is 0"
+            if dark
+            else "flat: g ≤ eps_flat·g_ref on the whole grid"
+        )
     elif not math.isfinite(rate.order):
         kind, order, lam = "unresolved", math.nan, math.nan
         note = "no scaling window of minimum width"
@@ -496,6 +737,9 @@ def _classify(
         kind, order, lam = "regular", rate.order, 1.0 / (2.0 * rate.order)
         if magnitude < options.rate.dead_magnitude:
             note = "numerically dead, regular at this scale"
+    elif fit is not None and fit.status not in ("solved", "no-departure"):
+        kind, order, lam = "undetermined", math.nan, math.nan
+        note = f"k̂ = {rate.order:.3g} on the ray, gauge or genuine undecided: {fit.detail}"
     elif math.isfinite(rho) and rho <= options.rho_gauge:
         kind, order, lam = "gauge", math.inf, 0.0
         note = "curved gauge: the ray's second-order departure is correctable"
@@ -521,7 +765,39 @@ def _classify(
         predicted_kind=d.predicted_kind,
         predicted_order=d.predicted_order,
         note=note,
+        rho_status=fit.status if fit is not None else "",
+        lower_slope=rate.lower_slope,
+        upper_slope=rate.upper_slope,
+        crossover=rate.crossover,
     )
+
+
+def _decide_near_flat_in_float64(model, inputs, directions, reads, device, options) -> list:
+    """Re-read in float64 the low-precision reads within 100× of their flat threshold."""
+    read_options = options.get("options") or ReadOptions()
+    bits = torch.finfo(torch.float32).bits
+    threshold = read_options.rate.eps_flat or default_eps_flat(bits)
+    near = []
+    for i, r in enumerate(reads):
+        if not r.g_ref > 0:
+            continue
+        level = max(float(np.max(r.fisher)), r.fisher_base) / r.g_ref
+        if threshold / 100 <= level <= threshold * 100:
+            near.append(i)
+    if not near:
+        return reads
+    exact = read_many(
+        model, inputs, [directions[i] for i in near], device=device, dtype=torch.float64, **options
+    )
+    out = list(reads)
+    for i, e in zip(near, exact, strict=True):
+        level = max(float(np.max(reads[i].fisher)), reads[i].fisher_base) / reads[i].g_ref
+        out[i] = replace(
+            e,
+            note=f"{e.note}; decided by float64 (float32 max g/g_ref = {level:.2g}, within "
+            f"100× of its flat threshold {threshold:g})".lstrip("; "),
+        )
+    return out
 
 
 @dataclass(frozen=True)
@@ -553,7 +829,10 @@ def read_on_device(
 
     ``device=None`` picks CUDA when available. In float32, ``spot_check`` directions
     (evenly spaced) are re-read in float64 and the disagreement is returned, so a store
-    can record it. Returns ``(reads, spot check or None, device name, dtype name)``.
+    can record it. float32 cannot decide near its flat threshold (METHOD §3 rule 6): a
+    direction whose largest ``g / g_ref`` on the grid is within 100× of it (either side)
+    is re-read in float64, and that read replaces its float32 one (its note says so).
+    Returns ``(reads, spot check or None, device name, dtype name)``.
     """
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -564,6 +843,8 @@ def read_on_device(
     torch.backends.cuda.matmul.allow_tf32 = tf32
     try:
         reads = read_many(model, inputs, directions, device=device, dtype=dtype, **options)
+        if dtype != torch.float64 and directions:
+            reads = _decide_near_flat_in_float64(model, inputs, directions, reads, device, options)
         check = None
         if dtype != torch.float64 and spot_check > 0 and directions:
             n = len(directions)

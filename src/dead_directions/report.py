@@ -27,6 +27,7 @@ KIND_COLOURS = {
     "regular": "#1f77b4",
     "singular": "#d62728",
     "gauge": "#2ca02c",
+    "undetermined": "#bcbd22",
     "unresolved": "#7f7f7f",
 }
 FIGURES = ("dead_dimension", "order_heatmap", "direction_counts", "rate_curves")
@@ -137,6 +138,7 @@ def direction_counts(frame, family: str, path: str | os.PathLike) -> Path:
     panels = (
         ("n_dead", "detector directions read dead", 1.0),
         ("n_singular", "detector directions read singular", 1.0),
+        ("n_undetermined", "undetermined (gauge or genuine?)", 1.0),
     )
     title = f"{family}: detector directions read dead (counts capped by max_per_layer)"
     return _lines(frame, family, panels, path, title)

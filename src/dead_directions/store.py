@@ -282,7 +282,7 @@ DATA_VARIABLES = (
         "",
         "measured kind",
         "",
-        "regular | singular | gauge | unresolved",
+        "regular | singular | gauge | undetermined | unresolved",
     ),
     Variable(
         "order",
@@ -326,7 +326,54 @@ DATA_VARIABLES = (
         "1",
         "NaN where not computed",
     ),
+    Variable(
+        "rho_status",
+        _CD,
+        "str",
+        "",
+        "how ρ was obtained: solved | not-converged | under-determined | ill-conditioned | "
+        "no-departure",
+        "",
+        "'' where not computed",
+    ),
+    Variable(
+        "heldout",
+        _CD,
+        "float64",
+        np.nan,
+        "held-out check of a gauge candidate: max g / g_ref (flat) or ρ of the fitted "
+        "correction (curved) on held-out inputs",
+        "1",
+        "NaN where not checked",
+    ),
     Variable("ray_order", _CD, "float64", np.nan, "order of the straight ray alone", "1"),
+    Variable(
+        "lower_slope",
+        _CD,
+        "float64",
+        np.nan,
+        "two regimes: log–log slope of the lower plateau (≈ 0)",
+        "1",
+        "NaN for a curve with one regime",
+    ),
+    Variable(
+        "upper_slope",
+        _CD,
+        "float64",
+        np.nan,
+        "two regimes: log–log slope of the upper plateau",
+        "1",
+        "NaN for a curve with one regime",
+    ),
+    Variable(
+        "crossover",
+        _CD,
+        "float64",
+        np.nan,
+        "two regimes: radius r* where the plateaus' fits meet (distance to the singular set)",
+        "param",
+        "NaN for a curve with one regime",
+    ),
     Variable("scale", _CD, "float64", np.nan, "radius scale of the direction", "1"),
     Variable(
         "predicted_kind",
@@ -782,7 +829,12 @@ def _cell_values(reads: Sequence, layout_: Layout, key: CellKey) -> dict[str, np
         out["window_lo"][j], out["window_hi"][j] = lo, hi
         out["magnitude"][j] = r.magnitude
         out["correctability"][j] = r.correctability
+        out["rho_status"][j] = r.rho_status
+        out["heldout"][j] = r.heldout
         out["ray_order"][j] = r.ray_order
+        out["lower_slope"][j] = r.lower_slope
+        out["upper_slope"][j] = r.upper_slope
+        out["crossover"][j] = r.crossover
         out["scale"][j] = scale
         out["predicted_kind"][j] = r.predicted_kind or ""
         po = r.predicted_order

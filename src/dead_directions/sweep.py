@@ -504,12 +504,15 @@ def cmd_layers(args) -> int:
 def detect_cell(
     model, inputs, fam, layer: str, *, detectors=None, max_per_layer=None, limit=None, seed=0
 ):
-    """The directions of one layer (capped at ``limit``) and how many were dropped."""
+    """The directions of one layer (capped at ``limit``) and how many were dropped.
+
+    The detectors see only the fit part of the probe (:func:`dead_directions.split_probe`):
+    the read holds the rest out to confirm every gauge verdict (METHOD §3 rule 1)."""
     import dead_directions as dd
 
     found = dd.detect(
         model,
-        inputs,
+        dd.split_probe(inputs)[0],
         detectors=detectors,
         layers=[module_name(layer)],
         max_per_layer=max_per_layer,

@@ -36,6 +36,7 @@ METRICS = [
     "n_singular",
     "n_gauge",
     "n_regular",
+    "n_undetermined",
     "n_unresolved",
     "order_median",
     "order_q25",

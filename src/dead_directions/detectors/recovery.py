@@ -61,15 +61,18 @@ def recovery(
     order_tol: float = 0.1,
     read_options=None,
 ) -> list[Outcome]:
-    """Detect with ``detectors``, read every direction that carries a prediction, compare."""
-    from ..read import read_many
+    """Detect with ``detectors`` on the fit part of ``inputs`` (:func:`~dead_directions.
+    read.split_probe`), read every direction that carries a prediction (gauges confirmed
+    on the held-out part), compare."""
+    from ..read import read_many, split_probe
     from . import detect
 
+    fit, heldout = split_probe(inputs)
     dirs = [
         d
         for d in detect(
             model,
-            inputs,
+            fit,
             detectors=list(detectors),
             max_per_layer=max_per_layer,
             seed=seed,
@@ -81,7 +84,14 @@ def recovery(
     if not dirs:
         return []
     reads = read_many(
-        model, inputs, dirs, likelihood=likelihood, output=output, seed=seed, options=read_options
+        model,
+        fit,
+        dirs,
+        likelihood=likelihood,
+        output=output,
+        seed=seed,
+        options=read_options,
+        heldout=heldout,
     )
     return [
         Outcome(
