@@ -9,8 +9,15 @@ import sys
 from pathlib import Path
 
 # Checkpoint layouts of declared families (the package's standard-library module, loaded by
-# path: importing the package would import torch whenever the workflow is parsed).
-_LAYOUT_FILE = Path(workflow.basedir) / "src" / "dead_directions" / "layout.py"
+# path: importing the package would import torch whenever the workflow is parsed). Where the
+# installed package is (find_spec of a top-level package does not import it), else the
+# checkout beside this workflow.
+_package = importlib.util.find_spec("dead_directions")
+_LAYOUT_FILE = (
+    Path(_package.submodule_search_locations[0]) / "layout.py"
+    if _package and _package.submodule_search_locations
+    else Path(workflow.basedir) / "src" / "dead_directions" / "layout.py"
+)
 _spec = importlib.util.spec_from_file_location("dead_directions_layout", _LAYOUT_FILE)
 layout_module = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = layout_module  # dataclasses look their module up there
