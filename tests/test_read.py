@@ -313,3 +313,23 @@ def test_rho_confirms_a_stalled_cgls_exactly():
     assert confirmed == exact and exact < 1e-12
     r = dd.read(model, x, u, radii=np.logspace(-4, 0, 17))
     assert abs(r.ray_order - 2.0) <= 0.05 and r.kind == "gauge"
+
+
+def test_read_many_shows_progress_on_a_terminal_only(monkeypatch, capsys):
+    """A progress bar over probe batches on a terminal; nothing extra off one (logs)."""
+    import sys
+
+    from dead_directions.models import MLP
+
+    read_module = sys.modules["dead_directions.read"]  # dd.read is the function
+
+    torch.manual_seed(0)
+    model = MLP(3, 4, 2)
+    x = torch.randn(64, 3, dtype=torch.float64)
+    u = dd.Direction("u", "fc1", {"fc1.weight": torch.ones(4, 3, dtype=torch.float64) / 12**0.5})
+    dd.read_many(model, x, [u], batch_size=16)
+    assert "probe batches" not in capsys.readouterr().err
+    monkeypatch.setattr(read_module, "_on_terminal", lambda: True)
+    dd.read_many(model, x, [u], batch_size=16)
+    err = capsys.readouterr().err
+    assert "read: probe batches" in err

@@ -200,6 +200,13 @@ def read(model, inputs, direction, **options) -> Read:
     return read_many(model, inputs, [direction], **options)[0]
 
 
+def _on_terminal() -> bool:
+    """Whether standard error is a terminal (progress bars only there, never in logs)."""
+    import sys
+
+    return bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
 def read_many(
     model: torch.nn.Module,
     inputs,
@@ -285,8 +292,18 @@ def read_many(
     n_samples = 0
     fits: dict[int, RhoFit] = {}
     fmodels: dict[int, tuple[FunctionalModel, dict[str, torch.Tensor]]] = {}
+    from tqdm.auto import tqdm
+
+    # a long read shows its batches on a terminal; nothing is printed into logs
+    progress = tqdm(
+        fit_batches,
+        desc="read: probe batches",
+        unit="batch",
+        leave=False,
+        disable=not _on_terminal(),
+    )
     with eval_mode(model), torch.no_grad():
-        for index, raw in enumerate(fit_batches):
+        for index, raw in enumerate(progress):
             batch = prepare_batch(raw, dtype, device, index)
             if first_batch is None:
                 first_batch = batch
