@@ -4,17 +4,14 @@ them (kill and resume, a missing checkpoint), and bad declarations."""
 
 import importlib.util
 import json
-import os
 import shutil
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from test_workflow import ENV, _command, jobs_run, snakemake, stores_equal
+from test_workflow import ENV, jobs_run, kill_during_measure, snakemake, stores_equal
 
 from dead_directions import declared, store, zoo
 from dead_directions.declared import DeclarationError, DeclaredFamily
@@ -188,25 +185,8 @@ def test_sweeping_a_trainer_run_kill_resume_and_a_missing_checkpoint(trainer_run
     assert kinds and kinds <= {"regular", "singular", "gauge", "undetermined", "unresolved"}
     # killed during measure, rerun with the same command: the same store
     killed = tmp_path / "killed"
-    cfg = killed / "run.yaml"
     killed.mkdir()
-    cfg.write_text(yaml.safe_dump(config))
-    with open(killed / "killed.log", "w") as fh:
-        proc = subprocess.Popen(
-            _command(killed, cfg, ()),
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env=ENV,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 900
-        while not list((killed / "logs" / "measure").rglob("*.log")):
-            assert proc.poll() is None, (killed / "killed.log").read_text()[-3000:]
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        time.sleep(1.0)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_during_measure(killed, config, settle=1.0)
     rc, text = snakemake(killed, config, log="rerun")
     assert rc == 0, text[-4000:]
     stores_equal(killed / "results" / "store.zarr", path)

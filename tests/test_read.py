@@ -329,7 +329,7 @@ def test_read_many_shows_progress_on_a_terminal_only(monkeypatch, capsys):
     u = dd.Direction("u", "fc1", {"fc1.weight": torch.ones(4, 3, dtype=torch.float64) / 12**0.5})
     dd.read_many(model, x, [u], batch_size=16)
     assert "probe batches" not in capsys.readouterr().err
-    monkeypatch.setattr(read_module, "_on_terminal", lambda: True)
+    monkeypatch.setattr(read_module, "on_terminal", lambda: True)
     dd.read_many(model, x, [u], batch_size=16)
     err = capsys.readouterr().err
     assert "read: probe batches" in err

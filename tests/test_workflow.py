@@ -134,6 +134,30 @@ def tiny_run(tmp_path_factory):
     return workdir
 
 
+def kill_during_measure(work: Path, config: dict, settle: float, timeout: float = 900) -> None:
+    """Start the sweep of ``config`` in ``work`` and SIGKILL its whole process group
+    ``settle`` seconds after the first measure job started (inside its read); the log is
+    ``work/killed.log``."""
+    cfg = work / "killed.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    with open(work / "killed.log", "w") as fh:
+        proc = subprocess.Popen(
+            _command(work, cfg, ()),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=ENV,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while not list((work / "logs" / "measure").rglob("*.log")):
+            assert proc.poll() is None, (work / "killed.log").read_text()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(settle)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def _copy(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst, symlinks=True)  # copy2: modification times preserved
     return dst
@@ -223,24 +247,7 @@ def test_sigkill_during_measure_then_rerun_completes_with_the_same_store(tiny_ru
         target = work / "results" / sub
         shutil.rmtree(target) if target.is_dir() else target.unlink()
     shutil.rmtree(work / "logs" / "measure")
-    cfg = work / "resume.yaml"
-    cfg.write_text(yaml.safe_dump(TINY))
-    with open(work / "killed.log", "w") as fh:
-        proc = subprocess.Popen(
-            _command(work, cfg, ()),
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env=ENV,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 600
-        while not list((work / "logs" / "measure").rglob("*.log")):
-            assert proc.poll() is None, (work / "killed.log").read_text()[-3000:]
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        time.sleep(1.5)  # inside measure: the job has started reading
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_during_measure(work, TINY, settle=1.5)
     path = work / "results" / "store.zarr"
     done = store.done_cells(path)
     assert len(done) < len(CELLS)  # killed before the end: the rest is not counted done

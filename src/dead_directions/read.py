@@ -200,8 +200,9 @@ def read(model, inputs, direction, **options) -> Read:
     return read_many(model, inputs, [direction], **options)[0]
 
 
-def _on_terminal() -> bool:
-    """Whether standard error is a terminal (progress bars only there, never in logs)."""
+def on_terminal() -> bool:
+    """Whether standard error is a terminal: progress bars (tqdm) are shown only there,
+    never written into logs. The one test of it for every progress bar of the package."""
     import sys
 
     return bool(getattr(sys.stderr, "isatty", lambda: False)())
@@ -300,7 +301,7 @@ def read_many(
         desc="read: probe batches",
         unit="batch",
         leave=False,
-        disable=not _on_terminal(),
+        disable=not on_terminal(),
     )
     with eval_mode(model), torch.no_grad():
         for index, raw in enumerate(progress):

@@ -679,6 +679,8 @@ def cmd_measure_checkpoint(args) -> int:
     per-layer `detect` and `measure` jobs do; then the checkpoint's marker is written."""
     from tqdm.auto import tqdm
 
+    from .read import on_terminal
+
     started = time.perf_counter()
     _threads(args.threads)
     fam = family(args.family, args.spec)
@@ -690,7 +692,7 @@ def cmd_measure_checkpoint(args) -> int:
     out_dir = Path(args.directions_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cells = []
-    for layer in tqdm(layers, desc="layers", unit="layer", disable=not sys.stderr.isatty()):
+    for layer in tqdm(layers, desc="layers", unit="layer", disable=not on_terminal()):
         layer_started = time.perf_counter()
         model = model.to("cpu")  # detectors run on the CPU, as in a detect job
         found, dropped = detect_cell(
@@ -904,8 +906,9 @@ def cmd_read(args) -> int:
     rows, per_layer = [], {}
     from tqdm.auto import tqdm
 
-    # progress on a terminal only: nothing extra in logs
-    for layer in tqdm(layers, desc="layers", unit="layer", disable=not sys.stderr.isatty()):
+    from .read import on_terminal
+
+    for layer in tqdm(layers, desc="layers", unit="layer", disable=not on_terminal()):
         found, _ = detect_cell(
             model,
             inputs,
