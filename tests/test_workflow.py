@@ -516,7 +516,7 @@ def test_a_second_sweep_with_another_config_is_refused_while_one_runs(tiny_run, 
     cfg = work / "same.yaml"
     cfg.write_text(yaml.safe_dump(TINY))
     procs, logs = [], []
-    for i in range(2):  # two runs of the same config share the folder
+    for i in range(2):  # two runs of the same config on one folder
         logs.append(work / f"same{i}.log")
         with open(logs[-1], "w") as fh:
             procs.append(
@@ -535,8 +535,18 @@ def test_a_second_sweep_with_another_config_is_refused_while_one_runs(tiny_run, 
     assert rc != 0
     assert f"results folder {results.resolve()} is in use by a running sweep" in text
     assert any(f"pid {p.pid}" in text for p in procs)
-    assert [p.wait(timeout=600) for p in procs] == [0], logs[0].read_text()[-3000:]
+    assert not jobs_run(text)
+    codes = [p.wait(timeout=600) for p in procs]
+    texts = [log.read_text() for log in logs]
+    assert codes == [0, 0], "\n----\n".join(t[-3000:] for t in texts)
     stores_equal(results / "store.zarr", tiny_run / "results" / "store.zarr")
+    # the one that came second waited, planned again once the first had ended, and found
+    # everything done: each cell was measured once
+    waited = [t for t in texts if "a sweep of this config is running" in t]
+    assert len(waited) == 1, "\n----\n".join(t[-3000:] for t in texts)
+    assert "Nothing to be done" in waited[0]
+    measured = [job for t in texts for job in jobs_run(t) if job[0] == "measure"]
+    assert len(measured) == len(CELLS)
     # once they have ended, the other config may use the folder
     rc, text = snakemake(work, other, "-n", log="after")
     assert rc == 0, text[-3000:]

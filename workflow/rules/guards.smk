@@ -1,4 +1,4 @@
-# Guards that run before any job: one sweep config per results folder at a time, the store
+# Guards that run before any job: one sweep per results folder at a time, the store
 # and its ledger as one unit, the store's layout against the config, and the measure
 # device. Plain Python (no package, no torch import).
 import fcntl
@@ -18,11 +18,14 @@ def config_digest():
 
 
 def hold_folder(folder, locks, what):
-    """Hold ``folder`` for this run's config until this process ends (no file to clean up:
-    the kernel drops the lock of a killed process). Runs of the same config share the
-    folder (they agree on every output); a run of another config while one runs is refused
-    with the folder and the holder named. ``locks``: the folder of the lock files. Returns
-    the open lock file (keep it referenced)."""
+    """Hold ``folder`` for this run until this process ends (no file to clean up: the
+    kernel drops the lock of a killed process). One sweep runs in a folder at a time. A run
+    of another config while one runs is refused with the folder and the holder named. A
+    second run of the same config waits for the running one to end and then plans again
+    (`replan`): its jobs were planned before the first run wrote their outputs, and
+    Snakemake removes a job's outputs before running it, so running beside the first
+    would remove files the first has just written and still reads. ``locks``: the folder
+    of the lock files. Returns the open lock file (keep it referenced)."""
     locks = Path(locks)
     locks.mkdir(parents=True, exist_ok=True)
     mine = f"config-{config_digest()}.lock"
@@ -45,7 +48,24 @@ def hold_folder(folder, locks, what):
                         ) from None
                     other.unlink()  # nobody runs that config any more
             held = open(locks / mine, "a+")
-            fcntl.flock(held, fcntl.LOCK_SH)
+            try:
+                fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holders = (locks / mine).read_text().strip().splitlines()
+                held.close()
+                print(
+                    f"{what} {Path(folder).resolve()}: a sweep of this config is running "
+                    f"({holders[-1] if holders else 'process unknown'}); this run waits for "
+                    "it to end, then plans again (nothing is run twice)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                fcntl.flock(guard, fcntl.LOCK_UN)
+                with open(locks / mine, "a+") as wait:
+                    fcntl.flock(wait, fcntl.LOCK_EX)
+                replan(folder, what)
+            held.seek(0)
+            held.truncate()
             held.write(
                 f"pid {os.getpid()} on {platform.node()} since "
                 f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(sys.argv)}\n"
@@ -54,6 +74,40 @@ def hold_folder(folder, locks, what):
             return held
         finally:
             fcntl.flock(guard, fcntl.LOCK_UN)
+
+
+def invoked_from():
+    """The folder the command was typed in, or None when it cannot be told: the current
+    folder unless `--directory` moved Snakemake away from it; then the shell's PWD when it
+    is consistent with that move (joined with a relative `--directory`, it is where
+    Snakemake is now; with an absolute one, only the command's own relative paths depend on
+    it)."""
+    moved = workflow.overwrite_workdir
+    if moved is None:
+        return os.getcwd()
+    pwd = os.environ.get("PWD")
+    if not pwd or not Path(pwd).is_dir():
+        return None
+    if Path(moved).is_absolute() or (Path(pwd) / moved).resolve() == Path.cwd().resolve():
+        return pwd
+    return None
+
+
+def replan(folder, what):
+    """Start this Snakemake command again, as it was typed, from the folder it was typed in:
+    it then builds its plan from the files as they are now (what another run has made since
+    is not run again). Where that folder cannot be told, stop with a named error instead.
+    Never returns."""
+    start = invoked_from()
+    if start is None:
+        raise ValueError(
+            f"{what} {Path(folder).resolve()}: the sweep of this config that was running "
+            "has ended; run this command again to finish what it left (nothing is run twice)."
+        )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.chdir(start)
+    os.execv(sys.executable, [sys.executable, *sys.argv])
 
 
 def _store_identity():
