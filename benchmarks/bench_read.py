@@ -26,7 +26,7 @@ from torch.func import functional_call, jvp
 
 import dead_directions as dd
 import dead_directions.zoo  # noqa: F401  (registers dd.zoo)
-from dead_directions.fisher import iter_batches
+from dead_directions.core.fisher import iter_batches
 
 
 def best_of(fn, repeats: int) -> float:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 import dead_directions as dd
-from dead_directions.cells import MLP
+from dead_directions.nn.constructed import MLP
 
 
 def main() -> None:

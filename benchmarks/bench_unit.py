@@ -103,7 +103,7 @@ def main(argv=None) -> int:
             f"{rule} {len(s)} jobs, {sum(s):.1f} s" for rule, s in jobs.items() if s
         )
         print(f"2. unit: {unit:10s} wall {walls[unit]:7.1f} s  ({summary})")
-    from dead_directions import store
+    from dead_directions.io import store
 
     volatile = [v.name for v in store.PROVENANCE_VARIABLES] + ["seconds"]
     a = store.open(base / "layer" / "results" / "store.zarr", chunks=None).load()

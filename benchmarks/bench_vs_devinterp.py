@@ -9,7 +9,7 @@ held-out inputs, with their targets for devinterp), time
   config's ``max_per_layer`` and the store's ``max_directions`` cap), float64 on CPU;
 * devinterp 2.0.1's ``llc`` at its defaults (4 chains × 200 draws, batch 32, no
   localization; lr = 1e-3 since 2.0.1 has no default) at the checkpoint on the same probe
-  data, nβ = n/log n, through the dataset adapter of ``dead_directions.llc_compare``
+  data, nβ = n/log n, through the dataset adapter of ``dead_directions.analysis.llc_compare``
   (uncalibrated: a timing baseline; an estimate above d/2, drifting or diverging is
   printed as failed);
 
@@ -38,8 +38,8 @@ import torch
 
 import dead_directions as dd
 from dead_directions import detectors, zoo
-from dead_directions.llc_compare import llc_on_data, machine
-from dead_directions.sweep import detect_cell, load_model, measure_cell, sweep_layer
+from dead_directions.analysis.llc_compare import llc_on_data, machine
+from dead_directions.cli.sweep import detect_cell, load_model, measure_cell, sweep_layer
 
 MAX_PER_LAYER = 4  # config/config.yaml: every default family's max_per_layer
 MAX_DIRECTIONS = 32  # config/config.yaml: store_layout.max_directions

@@ -17,7 +17,7 @@ from collections import Counter
 import torch
 
 import dead_directions as dd
-from dead_directions import minilm
+from dead_directions.zoo import minilm
 
 KINDS = ("regular", "singular", "gauge", "undetermined", "unresolved")
 

@@ -98,7 +98,8 @@ def write_state_dicts(out: Path) -> None:
     """The zoo's tanh MLP h4 at two seeds as safetensors state dicts, and its probe."""
     from safetensors.torch import save_file
 
-    from dead_directions import checkpoints, zoo
+    from dead_directions import zoo
+    from dead_directions.io import checkpoints
 
     for step in (0, 5):
         checkpoints.save(

@@ -5,7 +5,7 @@ import math
 import torch
 from torch import nn
 
-from dead_directions.cells import MLP, Attention, ConvNet
+from dead_directions.nn.constructed import MLP, Attention, ConvNet
 
 DTYPE = torch.float64
 

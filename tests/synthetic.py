@@ -5,9 +5,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dead_directions import store
-from dead_directions.dead_dimension import DeadDimension
-from dead_directions.read import DEFAULT_RADII, Read
+from dead_directions.analysis.dead_dimension import DeadDimension
+from dead_directions.core.read import DEFAULT_RADII, Read
+from dead_directions.io import store
 
 KINDS = ("regular", "singular", "gauge", "unresolved")
 PROVENANCE = store.Provenance(

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from synthetic import dead_for, keys, reads_for, write
 
-from dead_directions import aggregate, report
-from dead_directions.direction import KINDS
+from dead_directions.analysis import aggregate, report
+from dead_directions.core.direction import KINDS
 
 CELLS = keys(families=("mlp",), sizes=("s", "m"), steps=(0, 10, 20), layers=("fc1", "fc2"))
 
@@ -125,7 +125,7 @@ def test_dead_dimension_table_from_the_stored_counts(summary, tmp_path):
     """The headline table (dead dimension / parameters, step × size, all layers pooled)
     equals Σ dead_dim / Σ layer_params of the store's cells, and states how it is counted;
     no λ is tabulated."""
-    from dead_directions import store
+    from dead_directions.io import store
 
     path, frame = summary
     ds = store.open(path)
@@ -160,7 +160,7 @@ def test_a_store_without_the_dead_dimension_arrays_is_named(tmp_path):
 
     from synthetic import PROVENANCE
 
-    from dead_directions import store
+    from dead_directions.io import store
 
     path = tmp_path / "old.zarr"
     write(path, CELLS[:1])

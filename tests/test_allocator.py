@@ -6,14 +6,14 @@ import sys
 
 import pytest
 
-import dead_directions.read  # noqa: F401  (the module, for its chunk rule)
+import dead_directions.core.read  # noqa: F401  (the module, for its chunk rule)
 
-read_module = sys.modules["dead_directions.read"]
+read_module = sys.modules["dead_directions.core.read"]
 
 FAULTS = """
 import resource, sys, torch
 if sys.argv[1] == "retain":
-    from dead_directions.allocator import retain_freed_memory
+    from dead_directions.core.allocator import retain_freed_memory
     assert retain_freed_memory()
 x = torch.empty(1 << 20, dtype=torch.float64)  # 8 MiB: above glibc's default mmap threshold
 x.fill_(1.0)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import dead_directions as dd
-from dead_directions.assembly import (
+from dead_directions.core.assembly import (
     CLOSED_FORMS,
     _variance_at,
     crossing,
@@ -451,7 +451,7 @@ def test_nu_rejects_non_integer_orders():
 
 
 def _generic_mlp(d_in: int, hidden: int, d_out: int, seed: int):
-    from dead_directions.models import MLP
+    from dead_directions.nn.models import MLP
 
     gen = torch.Generator().manual_seed(seed)
     model = MLP(d_in, hidden, d_out, "tanh")
@@ -464,7 +464,7 @@ def _generic_mlp(d_in: int, hidden: int, d_out: int, seed: int):
 
 def test_full_basis_of_a_regular_model_assembles_d_over_2():
     """A generic tanh MLP (full-rank Jacobian on 64 inputs) is regular: λ = d/2, m = 1."""
-    from dead_directions.llc_compare import full_basis_reads
+    from dead_directions.analysis.llc_compare import full_basis_reads
 
     model, x = _generic_mlp(3, 2, 2, seed=1)
     d = sum(p.numel() for p in model.parameters())
@@ -493,8 +493,8 @@ def test_full_basis_with_a_planted_dead_unit(fully_dead):
     weights and bias move nothing: 4 gauges), and with ``fully_dead`` incoming weights and
     bias 0 too (then its 2 outgoing weights move nothing either: 6 gauges). Every other
     direction is live: λ = (d − #gauges)/2 = 8 resp. 7."""
-    from dead_directions.assembly_cells import full_basis
-    from dead_directions.llc_compare import full_basis_reads
+    from dead_directions.analysis.llc_compare import full_basis_reads
+    from dead_directions.nn.constructed_assembly import full_basis
 
     model, x = _generic_mlp(3, 3, 2, seed=2)
     with torch.no_grad():
@@ -531,7 +531,7 @@ def test_mlp_zoo_row_without_devinterp(tmp_path):
     ρ ≥ 1e-4 is far above rho_gauge: a tanh MLP has no continuous symmetry there).
     The Jacobian is taken on the fit part of the probe, which is what the read's curves see.
     """
-    from dead_directions.llc_compare import compare_zoo, zoo_checkpoints
+    from dead_directions.analysis.llc_compare import compare_zoo, zoo_checkpoints
 
     (ck,) = zoo_checkpoints(("h4",), root=tmp_path)
     assert (tmp_path / "mlp" / "h4" / "step0003000.safetensors").exists()
@@ -564,8 +564,8 @@ def test_zero_set_bound_on_a_constructed_teacher_student_pair():
     bias and the two zero outgoing weights, each moving f along its own function — so
     the family is all of the true set near it (tight). A student as wide as its teacher
     is identifiable there: nothing is free, λ ≤ d/2."""
-    from dead_directions.llc_compare import zero_set_bound
-    from dead_directions.models import MLP
+    from dead_directions.analysis.llc_compare import zero_set_bound
+    from dead_directions.nn.models import MLP
 
     gen = torch.Generator().manual_seed(5)
     teacher, student = MLP(2, 1, 1, "tanh"), MLP(2, 3, 1, "tanh")
@@ -590,7 +590,7 @@ def test_devinterp_adapter_loss_matches_the_read_fisher_normalisation():
     directional curvature uᵀ∇²L u equal to the read's directional Fisher g(u) = uᵀE[JᵀJ]u,
     so nβ·L_n is the tempered NLL of the read's likelihood head. Needs `datasets` only."""
     pytest.importorskip("datasets", reason="the devinterp adapter builds a datasets.Dataset")
-    from dead_directions.llc_compare import _dataset, _loss_fn
+    from dead_directions.analysis.llc_compare import _dataset, _loss_fn
 
     gen = torch.Generator().manual_seed(3)
     # Round trip of image-shaped float inputs and of integer tokens with class labels.
@@ -642,7 +642,7 @@ def test_devinterp_adapter_loss_matches_the_read_fisher_normalisation():
 
 def test_nu_table_is_the_quadrature_and_reads_get_it():
     """NU_TABLE (what the store writes per direction) equals nu(k), k = 1…6."""
-    from dead_directions.assembly import NU_TABLE, nu, nu_of_read
+    from dead_directions.core.assembly import NU_TABLE, nu, nu_of_read
 
     for k in range(1, 7):
         value, error = nu(k)
@@ -657,8 +657,8 @@ def test_nu_table_is_the_quadrature_and_reads_get_it():
 
 def test_read_nu_per_direction_on_cells():
     """Read.nu: ν of the measured order — regular ½, node death z² (k = 3) ν(3), gauge 0."""
-    from dead_directions.assembly import NU_TABLE
-    from dead_directions.cells import read_cells
+    from dead_directions.core.assembly import NU_TABLE
+    from dead_directions.nn.constructed import read_cells
 
     cells = {c.name: c for c in read_cells()}
     assert cells["regular"].read().nu == NU_TABLE[1][0]

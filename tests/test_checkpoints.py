@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import dead_directions as dd
-from dead_directions import checkpoints, zoo
-from dead_directions.checkpoints import CheckpointError
+from dead_directions import zoo
+from dead_directions.io import checkpoints
+from dead_directions.io.checkpoints import CheckpointError
 
 
 def _trained_cnn(size="c4", seed=0):
@@ -279,7 +280,7 @@ def _planted(name):
 
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_pruned_checkpoint_loads_like_any_and_reads_no_node_death(tmp_path, name):
-    from dead_directions import sweep
+    from dead_directions.cli import sweep
     from dead_directions.prune import PRUNE_DETECTORS, save_pruned
 
     fam = zoo.get_family(name)

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from dead_directions.dead_dimension import DeadDimension, dead_dimension
-from dead_directions.models import MLP
+from dead_directions.analysis.dead_dimension import DeadDimension, dead_dimension
+from dead_directions.nn.models import MLP
 
 DTYPE = torch.float64
 

@@ -13,8 +13,10 @@ import torch
 import yaml
 from test_workflow import ENV, jobs_run, kill_during_measure, snakemake, stores_equal
 
-from dead_directions import declared, store, zoo
-from dead_directions.declared import DeclarationError, DeclaredFamily
+from dead_directions import zoo
+from dead_directions.io import store
+from dead_directions.zoo import declared
+from dead_directions.zoo.declared import DeclarationError, DeclaredFamily
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "example_training_run.py"

@@ -184,7 +184,8 @@ def test_dead_unit_finds_node_deaths_at_the_end_of_training(tmp_path, family, si
     the excess units to the locus) — dead_unit finds the units that the zoo's independent
     counter (in-norm × out-norm < 1e-3) calls dead, and each reads order p + 1 within 0.1
     (GELU p = 1 in the compressed ViT's MLP; z², p = 2)."""
-    from dead_directions import checkpoints, zoo
+    from dead_directions import zoo
+    from dead_directions.io import checkpoints
 
     fam = zoo.get_family(family)
     path = zoo.train(family, size, [fam.recipe.steps], tmp_path)[-1]
@@ -371,8 +372,8 @@ def test_predictions_are_never_contradicted_on_the_test_models():
 # -- recovery on the tiny zoo ---------------------------------------------------------------
 def test_recovery_rate_on_the_tiny_zoo(tmp_path, capsys):
     pytest.importorskip("dead_directions.zoo")
+    from dead_directions.analysis.recovery import rates, zoo_recovery
     from dead_directions.cli import main
-    from dead_directions.detectors.recovery import rates, zoo_recovery
 
     outcomes = zoo_recovery(
         tmp_path,
@@ -402,7 +403,7 @@ def test_config_chooses_detectors_per_layer_type():
     import jsonschema
     import yaml
 
-    from dead_directions.sweep import parse_detectors
+    from dead_directions.cli.sweep import parse_detectors
 
     assert parse_detectors(None) is None and parse_detectors([]) is None
     assert parse_detectors(["dead_unit", "kfac"]) == ["dead_unit", "kfac"]
@@ -441,7 +442,7 @@ def test_config_chooses_detectors_per_layer_type():
 def test_dead_units_share_one_base_through_save_and_load(tmp_path):
     """All dead units of a layer are projected together; the sweep's directions file keeps
     that (safetensors refuses shared memory, so it is saved as copies and merged on load)."""
-    from dead_directions.sweep import load_directions, save_directions
+    from dead_directions.cli.sweep import load_directions, save_directions
 
     model, x = dead_mlp("z^2"), gaussian(256, 4)
     dirs = dd.detect(model, x, detectors=["dead_unit"])

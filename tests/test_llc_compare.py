@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from dead_directions import llc_compare
-from dead_directions.llc_compare import diagnose
+from dead_directions.analysis import llc_compare
+from dead_directions.analysis.llc_compare import diagnose
 
 ROOT = Path(__file__).resolve().parent.parent
 

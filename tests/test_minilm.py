@@ -9,7 +9,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import dead_directions as dd  # noqa: E402
-from dead_directions import checkpoints, minilm, zoo  # noqa: E402
+from dead_directions import zoo  # noqa: E402
+from dead_directions.io import checkpoints
+from dead_directions.zoo import minilm
 
 pytestmark = pytest.mark.skipif(
     not minilm.available(),

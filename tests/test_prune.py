@@ -8,8 +8,8 @@ from detector_models import UnitMLP, activation
 from torch import nn
 
 import dead_directions as dd
-from dead_directions.direction import Direction
-from dead_directions.models import ViT
+from dead_directions.core.direction import Direction
+from dead_directions.nn.models import ViT
 from dead_directions.prune import load_pruned, save_pruned
 
 DTYPE = torch.float64
@@ -156,7 +156,8 @@ def test_a_block_whose_every_unit_died_prunes_to_width_zero(tmp_path):
     """All hidden units of a ViT MLP silent: the block becomes Linear(d, 0) → Linear(0, d)
     (its output is fc2's bias), the outputs do not change, the checkpoint round-trips, and
     every detector runs on the pruned model without finding a node death."""
-    from dead_directions import checkpoints, detectors
+    from dead_directions import detectors
+    from dead_directions.io import checkpoints
 
     torch.manual_seed(0)
     model = ViT(dim=8, depth=1, heads=1, hidden=3, image=4, patch=2, classes=3).eval()
@@ -185,8 +186,9 @@ def test_a_block_whose_every_unit_died_prunes_to_width_zero(tmp_path):
 
 
 def test_cli_prune_writes_a_checkpoint_that_loads_narrower(tmp_path):
-    from dead_directions import checkpoints, zoo
+    from dead_directions import zoo
     from dead_directions.cli import main
+    from dead_directions.io import checkpoints
 
     model = zoo.build_mlp("h8")
     with torch.no_grad():
@@ -208,8 +210,9 @@ def test_removable_records_and_tables_are_the_closed_counts(tmp_path):
 
     import pandas as pd
 
-    from dead_directions import checkpoints, zoo
+    from dead_directions import zoo
     from dead_directions.cli import main
+    from dead_directions.io import checkpoints
 
     items, planted = [], {0: [3], 10: [3, 6]}
     for step, dead in planted.items():

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from dead_directions.rate import RateOptions, local_slopes, read_rate, scaling_window
+from dead_directions.core.rate import RateOptions, local_slopes, read_rate, scaling_window
 
 T = np.logspace(-4, 0, 25)
 OPTS = RateOptions()

@@ -10,9 +10,9 @@ from models import make, random_direction
 from torch.func import functional_call, jacrev
 
 import dead_directions as dd
-from dead_directions.correctability import correctability, correctability_many
-from dead_directions.fisher import FunctionalModel
-from dead_directions.likelihood import get_likelihood
+from dead_directions.core.correctability import correctability, correctability_many
+from dead_directions.core.fisher import FunctionalModel
+from dead_directions.core.likelihood import get_likelihood
 
 
 def explicit_fisher_quadratic(model, x, u, likelihood, shift=None):
@@ -319,9 +319,9 @@ def test_read_many_shows_progress_on_a_terminal_only(monkeypatch, capsys):
     """A progress bar over probe batches on a terminal; nothing extra off one (logs)."""
     import sys
 
-    from dead_directions.models import MLP
+    from dead_directions.nn.models import MLP
 
-    read_module = sys.modules["dead_directions.read"]  # dd.read is the function
+    read_module = sys.modules["dead_directions.core.read"]  # dd.read is the function
 
     torch.manual_seed(0)
     model = MLP(3, 4, 2)

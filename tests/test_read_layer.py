@@ -10,14 +10,14 @@ from torch.func import functional_call, jvp, vmap
 
 import dead_directions as dd
 import dead_directions.zoo  # noqa: F401  (registers dd.zoo)
-from dead_directions.fisher import (
+from dead_directions.core.fisher import (
     FrozenWeightMode,
     FunctionalModel,
     LayerSuffix,
     local_layer,
     squared_norms,
 )
-from dead_directions.likelihood import get_likelihood
+from dead_directions.core.likelihood import get_likelihood
 
 RADII = [1e-3, 1e-2, 1e-1, 1.0]
 

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 from synthetic import keys, write
 
-from dead_directions import aggregate, report
+from dead_directions.analysis import aggregate, report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Every figure must have decoded: the page records, once loaded, how many <img> it has and

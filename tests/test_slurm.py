@@ -162,7 +162,7 @@ def test_local_slurm_runs_batch_jobs_and_job_steps(slurm, tmp_path):
 def test_dask_sum_on_slurm_workers(slurm, tmp_path):
     import dask.array as da
 
-    from dead_directions.cluster import make_client
+    from dead_directions.analysis.cluster import make_client
 
     spec = {
         "kind": "slurm",
@@ -265,7 +265,7 @@ def _snakemake(*args: str, configs: tuple[Path, ...] = ()) -> list[str]:
 
 
 def _store_dataset(path: Path):
-    from dead_directions import store
+    from dead_directions.io import store
 
     ds = store.open(path, chunks=None).load()
     return ds.drop_vars([n for n in ds.data_vars if n in VOLATILE])
@@ -316,7 +316,7 @@ def test_tiny_sweep_on_slurm_equals_local_and_survives_scancel(slurm, tmp_path):
     tables are aggregated again on dask workers in SLURM jobs (config `dask.kind: slurm`)."""
     import xarray as xr
 
-    from dead_directions import store
+    from dead_directions.io import store
 
     cpus = os.cpu_count() or 2
     profile = tmp_path / "profile"

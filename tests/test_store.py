@@ -11,9 +11,9 @@ import pytest
 import xarray as xr
 from synthetic import PROVENANCE, cell_chunks, chunk_files, keys, reads_for, write
 
-from dead_directions import store
-from dead_directions.assembly import nu_of_read
-from dead_directions.read import DEFAULT_RADII
+from dead_directions.core.assembly import nu_of_read
+from dead_directions.core.read import DEFAULT_RADII
+from dead_directions.io import store
 
 FORK = multiprocessing.get_context("fork")
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from dead_directions import timing
+from dead_directions.analysis import timing
 
 HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
 

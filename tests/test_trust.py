@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import dead_directions as dd
-from dead_directions.cells import MLP, width_cells
-from dead_directions.correctability import rho_fits
-from dead_directions.fisher import FunctionalModel
-from dead_directions.likelihood import get_likelihood
+from dead_directions.core.correctability import rho_fits
+from dead_directions.core.fisher import FunctionalModel
+from dead_directions.core.likelihood import get_likelihood
+from dead_directions.nn.constructed import MLP, width_cells
 
 DTYPE = torch.float64
 
@@ -218,7 +218,7 @@ def test_store_keeps_the_new_variables(tmp_path):
     equal the reads they were written from."""
     from synthetic import PROVENANCE
 
-    from dead_directions import store
+    from dead_directions.io import store
 
     path = tmp_path / "s.zarr"
     layout = store.init(path, max_directions=4)

@@ -15,8 +15,10 @@ import torch
 from safetensors.torch import save_file
 from synthetic import PROVENANCE, reads_for
 
-from dead_directions import checkpoints, store, sweep, zoo
-from dead_directions.checkpoints import CheckpointError
+from dead_directions import zoo
+from dead_directions.cli import sweep
+from dead_directions.io import checkpoints, store
+from dead_directions.io.checkpoints import CheckpointError
 from dead_directions.prune import load_pruned
 
 FORK = multiprocessing.get_context("fork")

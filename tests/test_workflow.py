@@ -20,7 +20,9 @@ import xarray as xr
 import yaml
 from safetensors.torch import load_file, save_file
 
-from dead_directions import aggregate, store, sweep
+from dead_directions.analysis import aggregate
+from dead_directions.cli import sweep
+from dead_directions.io import store
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

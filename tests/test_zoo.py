@@ -12,8 +12,9 @@ from torch import nn
 from torch.func import jvp
 
 import dead_directions as dd
-from dead_directions import checkpoints, zoo
-from dead_directions.models import Monomial, SelfAttention
+from dead_directions import zoo
+from dead_directions.io import checkpoints
+from dead_directions.nn.models import Monomial, SelfAttention
 
 TRAINABLE = zoo.trainable()
 

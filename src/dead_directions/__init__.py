@@ -1,7 +1,7 @@
 """dead-directions: read singular structure at frozen checkpoints of neural networks."""
 
-from . import cells, checkpoints, zoo
-from .assembly import (
+from dead_directions import zoo
+from dead_directions.core.assembly import (
     Assembly,
     Locus,
     Term,
@@ -12,16 +12,26 @@ from .assembly import (
     regular_lambda,
     rrr_lambda,
 )
-from .detectors import detect
-from .direction import Direction
-from .likelihood import Likelihood, get_likelihood
-from .prune import PruneReport, prune
-from .rate import RateOptions
-from .read import Read, ReadOptions, SpotCheck, read, read_many, read_on_device, split_probe
-
-__version__ = "0.1.0"
+from dead_directions.core.direction import Direction
+from dead_directions.core.likelihood import Likelihood, get_likelihood
+from dead_directions.core.rate import RateOptions
+from dead_directions.core.read import (
+    Read,
+    ReadOptions,
+    SpotCheck,
+    read,
+    read_many,
+    read_on_device,
+    split_probe,
+)
+from dead_directions.detectors import detect
+from dead_directions.io import checkpoints
+from dead_directions.nn import constructed as cells
+from dead_directions.prune import PruneReport, prune
+from dead_directions.version import __version__
 
 __all__ = [
+    "__version__",
     "Assembly",
     "Locus",
     "Term",

@@ -14,9 +14,9 @@ from pathlib import Path
 # checkout beside this workflow.
 _package = importlib.util.find_spec("dead_directions")
 _LAYOUT_FILE = (
-    Path(_package.submodule_search_locations[0]) / "layout.py"
+    Path(_package.submodule_search_locations[0]) / "io" / "layout.py"
     if _package and _package.submodule_search_locations
-    else Path(workflow.basedir) / "src" / "dead_directions" / "layout.py"
+    else Path(workflow.basedir) / "src" / "dead_directions" / "io" / "layout.py"
 )
 _spec = importlib.util.spec_from_file_location("dead_directions_layout", _LAYOUT_FILE)
 layout_module = importlib.util.module_from_spec(_spec)
@@ -25,7 +25,7 @@ _spec.loader.exec_module(layout_module)
 
 RESULTS = config["results"]
 STORE = config["store"] or f"{RESULTS}/store.zarr"
-# Completion markers of measured cells live in the store's ledger (dead_directions.store).
+# Completion markers of measured cells live in the store's ledger (dead_directions.io.store).
 DONE = f"{STORE}.ledger/done"
 # Markers of checkpoints read whole (`unit: checkpoint`), in the ledger too.
 CHECKPOINT_DONE = f"{STORE}.ledger/checkpoints"
@@ -35,7 +35,7 @@ MISSING_TABLE = f"{RESULTS}/tables/missing.csv"
 # Counts rebuilds of a deleted or replaced store (guards.smk).
 GENERATION = f"{RESULTS}/.store-generation"
 FAMILIES = config["families"]
-# Keep in step with dead_directions.aggregate.METRICS (tests/test_workflow.py checks it).
+# Keep in step with dead_directions.analysis.aggregate.METRICS (tests/test_workflow.py checks it).
 METRICS = [
     "dead_fraction",
     "dead_dim",

@@ -7,10 +7,18 @@ from dataclasses import replace
 
 from torch import nn
 
-from ..direction import Direction
-from . import attention, fisher_block, kfac, norms, random, units  # noqa: F401  (registers)
-from .registry import Context, Entry, available, get, register, stable_seed, unregister
-from .structure import ACTIVATION_ORDERS, is_attention, layer_type
+from dead_directions.core.direction import Direction
+from dead_directions.detectors import attention, fisher_block, kfac, norms, random, units  # noqa: F401  (registers)
+from dead_directions.detectors.registry import (
+    Context,
+    Entry,
+    available,
+    get,
+    register,
+    stable_seed,
+    unregister,
+)
+from dead_directions.detectors.structure import ACTIVATION_ORDERS, is_attention, layer_type
 
 # Which detectors run at a module of each type (the key: class name, or "attention" for a
 # module with q/k child Linears). A detector is anchored at a module; its directions may

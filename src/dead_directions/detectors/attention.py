@@ -6,9 +6,9 @@ import math
 
 import torch
 
-from .common import Timer, direction, used
-from .registry import register
-from .structure import attention_parts
+from dead_directions.detectors.common import Timer, direction, used
+from dead_directions.detectors.registry import register
+from dead_directions.detectors.structure import attention_parts
 
 
 def _tangent(ctx, layer, q, k, blocks) -> dict[str, torch.Tensor]:

@@ -9,8 +9,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ..direction import Direction
-from .structure import Event, step_of
+from dead_directions.core.direction import Direction
+from dead_directions.detectors.structure import Event, step_of
 
 
 def unit(vector: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

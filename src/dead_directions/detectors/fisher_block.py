@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from torch.func import jvp, vjp
 
-from ..fisher import eval_mode
-from .common import Timer, direction, used
-from .registry import register
-from .structure import is_attention
+from dead_directions.core.fisher import eval_mode
+from dead_directions.detectors.common import Timer, direction, used
+from dead_directions.detectors.registry import register
+from dead_directions.detectors.structure import is_attention
 
 
 class BlockFisher:

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ..fisher import eval_mode
-from .common import Timer, direction, used
-from .registry import register
+from dead_directions.core.fisher import eval_mode
+from dead_directions.detectors.common import Timer, direction, used
+from dead_directions.detectors.registry import register
 
 
 def _applies(module: nn.Module) -> bool:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .common import (
+from dead_directions.detectors.common import (
     Timer,
     direction,
     is_batchnorm,
@@ -21,8 +21,8 @@ from .common import (
     row_preserving,
     used,
 )
-from .registry import register
-from .structure import step_of
+from dead_directions.detectors.registry import register
+from dead_directions.detectors.structure import step_of
 
 INF = math.inf
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from .common import Timer, direction, used
-from .registry import register
-from .structure import is_attention
+from dead_directions.detectors.common import Timer, direction, used
+from dead_directions.detectors.registry import register
+from dead_directions.detectors.structure import is_attention
 
 
 @register("random", local=True)

@@ -9,9 +9,9 @@ from functools import cached_property
 
 import torch
 
-from ..direction import Direction
-from ..fisher import Batch, FunctionalModel, iter_batches, prepare_batch
-from ..likelihood import Likelihood, get_likelihood
+from dead_directions.core.direction import Direction
+from dead_directions.core.fisher import Batch, FunctionalModel, iter_batches, prepare_batch
+from dead_directions.core.likelihood import Likelihood, get_likelihood
 
 DTYPE = torch.float64
 
@@ -134,7 +134,7 @@ class Context:
 
     @cached_property
     def structure(self):
-        from .structure import trace
+        from dead_directions.detectors.structure import trace
 
         return trace(self)
 

@@ -12,7 +12,7 @@ from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from ..fisher import check_output, eval_mode
+from dead_directions.core.fisher import check_output, eval_mode
 
 # Order p of σ(z) ~ z^p at 0 for activations with σ(0) = 0, by module class / op name.
 ACTIVATION_ORDERS: dict[str, int] = {

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .common import Timer, direction, is_batchnorm, is_linear_or_conv, used
-from .registry import register
-from .structure import step_of, unit_map
+from dead_directions.detectors.common import Timer, direction, is_batchnorm, is_linear_or_conv, used
+from dead_directions.detectors.registry import register
+from dead_directions.detectors.structure import step_of, unit_map
 
 INF = math.inf
 

@@ -72,7 +72,7 @@ def build(size: str = SIZE, seed: int = 0) -> nn.Module:
 
 def load(dtype: torch.dtype = torch.float64) -> nn.Module:
     """The pretrained all-MiniLM-L6-v2 (``BertModel``) in ``dtype``, eager attention, eval mode."""
-    from .checkpoints import load_into, load_state
+    from dead_directions.io.checkpoints import load_into, load_state
 
     model = build(SIZE)
     load_into(model, load_state(weights_path()), weights_path(), "all-MiniLM-L6-v2")

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import store
-from .aggregate import (
+from dead_directions.analysis.aggregate import (
     DEAD_DIMENSION_NOTE,
     METRICS,
     POOLED,
@@ -22,6 +21,7 @@ from .aggregate import (
     size_order,
     table,
 )
+from dead_directions.io import store
 
 KIND_COLOURS = {
     "regular": "#1f77b4",
@@ -276,7 +276,7 @@ def write_report(
     )
     md = [f"# {title}", "", intro, ""]
     if store_path:
-        md += [f"Store: `{store_path}` (open with `dead_directions.store.open`).", ""]
+        md += [f"Store: `{store_path}` (open with `dead_directions.io.store.open`).", ""]
     body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(intro)}</p>"]
     captions = {
         "dead_dimension": "Dead dimension (all layers pooled) vs training step, per size: "
@@ -330,7 +330,7 @@ def write_report(
         # removable parameters (workflow/rules/prune.smk), where its table exists
         prune_csv = out.parent / "tables" / "prune" / f"{family}.csv"
         if prune_csv.is_file():
-            from .prune import report_section
+            from dead_directions.prune import report_section
 
             png = folder / "prune_removable.png"
             extra_md, extra_html = report_section(family, prune_csv, png, out)

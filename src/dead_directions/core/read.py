@@ -11,10 +11,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from .allocator import retain_freed_memory
-from .correctability import CORRECTION_FRACTION, RhoFit, heldout_rho, rho_fits
-from .direction import Direction, as_direction, normalise, validate_offsets
-from .fisher import (
+from dead_directions.core.allocator import retain_freed_memory
+from dead_directions.core.correctability import CORRECTION_FRACTION, RhoFit, heldout_rho, rho_fits
+from dead_directions.core.direction import Direction, as_direction, normalise, validate_offsets
+from dead_directions.core.fisher import (
     Batch,
     FunctionalModel,
     LayerSuffix,
@@ -27,8 +27,14 @@ from .fisher import (
     local_layer,
     prepare_batch,
 )
-from .likelihood import get_likelihood
-from .rate import RateOptions, default_eps_flat, default_floor, flat_rate, read_rate
+from dead_directions.core.likelihood import get_likelihood
+from dead_directions.core.rate import (
+    RateOptions,
+    default_eps_flat,
+    default_floor,
+    flat_rate,
+    read_rate,
+)
 
 DEFAULT_RADII = tuple(np.logspace(-4, 0, 25).tolist())
 
@@ -54,9 +60,9 @@ class Read:
     held-out check of a gauge candidate (METHOD §3 rule 1): for a flat one the largest
     ``g`` on the held-out inputs over their own ``g_ref``; for a curved one ρ on the
     held-out inputs with the correction fitted on the fit part (NaN where not checked).
-    ``rho_status`` is :class:`~dead_directions.correctability.RhoFit`'s status (``""``
+    ``rho_status`` is :class:`~dead_directions.core.correctability.RhoFit`'s status (``""``
     where ρ was not computed). ``lower_slope``, ``upper_slope`` and ``crossover`` (r*,
-    parameter units) describe a two-regime curve (:class:`~dead_directions.rate.RateRead`;
+    parameter units) describe a two-regime curve (:class:`~dead_directions.core.rate.RateRead`;
     NaN for one regime).
     """
 
@@ -90,7 +96,7 @@ class Read:
     def nu(self) -> float:
         """Singular fluctuation ν(k) of the direction (METHOD §6): regular ½, gauge 0,
         singular ν(k) for the integer k within 0.1 of k̂ (k ≤ 6), else NaN."""
-        from .assembly import nu_of_read
+        from dead_directions.core.assembly import nu_of_read
 
         return nu_of_read(self.kind, self.order)[0]
 
@@ -121,7 +127,7 @@ class ReadOptions:
     upper bound, between 0 and ``rho_stop``, well below ``rho_gauge``.
     ``correctability``: compute ρ for rays that read ``|k̂ − 2| ≤ curved_gauge_band``.
     ``support_fraction``: ρ's correction space is the entries a direction moves by more
-    than this fraction of its largest entry (:data:`~dead_directions.correctability.
+    than this fraction of its largest entry (:data:`~dead_directions.core.correctability.
     CORRECTION_FRACTION`, METHOD §3 rule 2).
     ``min_constraints_ratio``: ρ is fitted only where the fit data give at least this many
     output equations per correction parameter; otherwise the read is ``undetermined``.
@@ -136,7 +142,7 @@ class ReadOptions:
     under 512 MiB, as a call's fixed cost outweighs the cache) and a quarter of the free
     memory on a GPU; a budget given here is kept to.
     ``retain_freed_memory``: on CPU with glibc, keep freed activation memory in the process
-    (:func:`dead_directions.allocator.retain_freed_memory`, process-wide) instead of
+    (:func:`dead_directions.core.allocator.retain_freed_memory`, process-wide) instead of
     page-faulting it in again for every chunk.
     """
 

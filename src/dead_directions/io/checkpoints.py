@@ -266,7 +266,7 @@ def get_builder(name: str | Builder, *, allow_import: bool = True) -> Builder:
         raise ValueError(f"builder must be a name or a callable, got {type(name).__name__}.")
     if name in BUILDERS:
         return BUILDERS[name]
-    from . import zoo
+    from dead_directions import zoo
 
     if name in zoo.FAMILIES:
         return zoo.FAMILIES[name].build
@@ -369,7 +369,7 @@ def load(
             raise CheckpointError(path, str(err)) from None
         label = f"builder {family!r}"
     elif family is not None:
-        from . import zoo
+        from dead_directions import zoo
 
         fam = zoo.get_family(family) if isinstance(family, str) else family
         build, label = fam.build, f"family {fam.name!r}"
@@ -395,7 +395,7 @@ def load(
     if shapes:
         # a pruned checkpoint (dead_directions.prune.save_pruned): narrow the built model's
         # Linear/Conv/BatchNorm modules to the saved shapes, then load strictly as usual
-        from .prune import narrow_to_shapes
+        from dead_directions.prune import narrow_to_shapes
 
         if not isinstance(shapes, Mapping):
             raise CheckpointError(path, "the sidecar's pruned.shapes is not a mapping.")
@@ -410,7 +410,7 @@ def load(
 
 
 def _zoo_families() -> dict:
-    from . import zoo
+    from dead_directions import zoo
 
     return zoo.FAMILIES
 

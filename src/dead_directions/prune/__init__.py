@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .direction import Direction
-from .read import Read
+from dead_directions.core.direction import Direction
+from dead_directions.core.read import Read
 
 PRUNE_DETECTORS = ("dead_unit", "duplicate_units")
 
@@ -365,7 +365,7 @@ def prune(
     model = model.eval()
     modules = dict(model.named_modules())
     if directions is None:
-        from .detectors import detect
+        from dead_directions.detectors import detect
 
         directions = detect(
             model,
@@ -379,7 +379,7 @@ def prune(
         )
     directions = [d for d in directions if d.detector in PRUNE_DETECTORS]
     if reads is None:
-        from .read import read_many
+        from dead_directions.core.read import read_many
 
         reads = read_many(
             model, inputs, directions, likelihood=likelihood, output=output, seed=seed
@@ -686,7 +686,7 @@ def narrow_to_shapes(model: nn.Module, shapes: Mapping[str, Sequence[int]]) -> n
 def load_pruned(path, family=None, builder=None) -> tuple[nn.Module, dict]:
     """Load a pruned (or ordinary) checkpoint: ``dd.checkpoints.load`` narrows the built
     model to the sidecar's ``pruned.shapes`` and loads the state strictly."""
-    from . import checkpoints
+    from dead_directions.io import checkpoints
 
     return checkpoints.load(path, family=family, builder=builder)
 
@@ -694,7 +694,7 @@ def load_pruned(path, family=None, builder=None) -> tuple[nn.Module, dict]:
 def save_pruned(pruned: nn.Module, report: PruneReport, path, meta: Mapping | None = None) -> Path:
     """Write the pruned model with :func:`dd.checkpoints.save`; the sidecar's ``pruned``
     entry holds the new shapes, widths per layer and the report summary."""
-    from . import checkpoints
+    from dead_directions.io import checkpoints
 
     meta = dict(meta or {})
     meta["pruned"] = {
@@ -752,8 +752,8 @@ def prune_checkpoint(
     action is verified on the task's held-out inputs and labels (the family's own probe,
     without labels, for a family without a task). Returns ``(model, pruned, report, meta)``.
     """
-    from . import zoo
-    from .sweep import load_model
+    from dead_directions import zoo
+    from dead_directions.cli.sweep import load_model
 
     fam = zoo.get_family(family)
     model, meta = load_model(checkpoint, fam.name, size)  # rejects NaN/inf weights
@@ -861,7 +861,7 @@ def cmd_removable(args) -> int:
     import json
     import time
 
-    from . import checkpoints
+    from dead_directions.io import checkpoints
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -961,7 +961,7 @@ def records_frame(records: Sequence[Mapping]):
 
 def fraction_table(frame, family: str, layer: str = "all"):
     """Removable fraction of one family and layer: rows step, columns size."""
-    from .aggregate import size_order
+    from dead_directions.analysis.aggregate import size_order
 
     sub = frame[(frame["family"] == family) & (frame["layer"] == layer)]
     wide = sub.pivot_table(index="step", columns="size", values="fraction", aggfunc="first")
@@ -978,7 +978,7 @@ def write_prune_tables(records: Sequence[Mapping], family: str, csv, md, figure)
     """``csv`` (long, every layer), ``md`` (step × size tables) and ``figure`` (PNG)."""
     from tabulate import tabulate
 
-    from .aggregate import size_order
+    from dead_directions.analysis.aggregate import size_order
 
     mine = [r for r in records if r["family"] == family]
     if not mine:
@@ -1051,7 +1051,7 @@ def write_prune_tables(records: Sequence[Mapping], family: str, csv, md, figure)
 
 
 def _prune_figure(frame, family: str, layers: Sequence[str], path: Path) -> Path:
-    from .report import _plt, _save
+    from dead_directions.analysis.report import _plt, _save
 
     plt = _plt()
     fig, axes = plt.subplots(1, len(layers), figsize=(3.6 * len(layers) + 0.6, 3.2), squeeze=False)

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.func import jvp, vjp, vmap
 
-from .fisher import Batch, FunctionalModel
-from .likelihood import Likelihood
+from dead_directions.core.fisher import Batch, FunctionalModel
+from dead_directions.core.likelihood import Likelihood
 
 # The correction space of ρ: the entries u moves by more than this fraction of its largest
 # entry (METHOD §3 rule 2). A symmetry's curvature acts on the parameters its orbit moves,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import store
-from .direction import KINDS
+from dead_directions.core.direction import KINDS
+from dead_directions.io import store
 
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 QUANTILE_NAMES = ("order_min", "order_q25", "order_median", "order_q75", "order_max")
@@ -80,7 +80,7 @@ def dask_client(spec: Mapping[str, object] | str | None = None) -> Iterator[obje
     """Run the enclosed dask computations where ``spec`` says; yields the client or None.
 
     ``spec``: ``"threads"`` or ``"synchronous"`` (dask's in-process schedulers, no
-    cluster), or what :func:`dead_directions.cluster.make_client` takes: ``None``/
+    cluster), or what :func:`dead_directions.analysis.cluster.make_client` takes: ``None``/
     ``"local"`` (a ``LocalCluster``), a scheduler address, ``"slurm"`` (a
     ``dask_jobqueue.SLURMCluster``, opt-in), or a mapping of ``ClusterSpec`` fields (its
     ``kind`` may also be ``"threads"``/``"synchronous"``).
@@ -92,7 +92,7 @@ def dask_client(spec: Mapping[str, object] | str | None = None) -> Iterator[obje
         with dask.config.set(scheduler=kind):
             yield None
         return
-    from .cluster import make_client
+    from dead_directions.analysis.cluster import make_client
 
     with make_client(spec) as client:
         yield client
@@ -135,7 +135,7 @@ def _metrics(ds, dims: Sequence[str]):
 def summarize(ds):
     """Per-cell and per-checkpoint (``layer = "all"``) metrics of an unstacked store; lazy.
 
-    ``ds``: :func:`dead_directions.store.open`. Counts are per kind; order quantiles are
+    ``ds``: :func:`dead_directions.io.store.open`. Counts are per kind; order quantiles are
     over the finite measured orders (regular and singular reads; gauges read k = ∞ and
     unresolved reads NaN are left out); ``recovery`` is the fraction of directions with a
     prediction whose read matches it (``dd.Read.matches_prediction``); ``dead_dim`` and
@@ -187,7 +187,7 @@ def size_order(family: str, sizes: Sequence[str]) -> list[str]:
     """Sizes in the family's declared order (``dd.zoo``), others in natural order after."""
     declared: Sequence[str] = ()
     with contextlib.suppress(Exception):
-        from . import zoo
+        from dead_directions import zoo
 
         declared = zoo.get_family(family).sizes
     rank = {s: i for i, s in enumerate(declared)}

@@ -10,11 +10,15 @@ import time
 
 # Subcommands live beside the concept they expose: each module named here defines
 # ``add_parser(subparsers)`` which registers its command and sets ``func``.
-COMMAND_MODULES = ["dead_directions.cli", "dead_directions.llc_compare", "dead_directions.sweep"]
-COMMAND_MODULES += ["dead_directions.detectors.recovery"]  # detector recovery rates
+COMMAND_MODULES = [
+    "dead_directions.cli",
+    "dead_directions.analysis.llc_compare",
+    "dead_directions.cli.sweep",
+]
+COMMAND_MODULES += ["dead_directions.analysis.recovery"]  # detector recovery rates
 COMMAND_MODULES += ["dead_directions.prune"]  # prune read-confirmed dead/duplicate units
 COMMAND_MODULES += ["dead_directions.zoo"]  # train: the model zoo
-COMMAND_MODULES += ["dead_directions.timing"]  # a sweep's time split across rules
+COMMAND_MODULES += ["dead_directions.analysis.timing"]  # a sweep's time split across rules
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:
@@ -31,7 +35,7 @@ def cmd_cells(args) -> int:
     """Read every constructed cell and print predicted vs measured kind and order."""
     from tabulate import tabulate
 
-    from .cells import read_cells
+    from dead_directions.nn.constructed import read_cells
 
     rows, failures = [], 0
     for cell in read_cells(n_inputs=args.inputs, seed=args.seed):

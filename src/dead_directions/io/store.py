@@ -167,7 +167,7 @@ class Provenance:
 
         ``spot_check``: the ``dd.SpotCheck`` of a lower-precision read, if any.
         """
-        from . import __version__
+        from dead_directions.version import __version__
 
         try:
             import torch
@@ -610,7 +610,7 @@ def init(
     identity (:func:`store_id`); a ledger left by a deleted or replaced store at the same
     path is moved aside (``PATH.ledger.stale-…``) before the new ledger is started.
     """
-    from .read import DEFAULT_RADII
+    from dead_directions.core.read import DEFAULT_RADII
 
     wanted = Layout(max_directions, tuple(DEFAULT_RADII if radii is None else radii))
     path = Path(path)
@@ -652,7 +652,7 @@ def init(
                         "Rate curves g(t) = uᵀF(θ + t u)u and reads of the detectors' "
                         "directions per (family, size, step, layer) cell. Completed cells are "
                         "those with a marker in the sibling '.ledger/done'; open with "
-                        "dead_directions.store.open()."
+                        "dead_directions.io.store.open()."
                     ),
                 }
             )
@@ -787,7 +787,7 @@ def _register(path: Path, key: CellKey) -> tuple[int, dict]:
 
 def _cell_values(reads: Sequence, layout_: Layout, key: CellKey) -> dict[str, np.ndarray]:
     """Arrays for one cell's chunks (shapes without the cell dim), padded to capacity."""
-    from .assembly import nu_of_read
+    from dead_directions.core.assembly import nu_of_read
 
     D, R = layout_.max_directions, len(layout_.radii)
     grid = np.asarray(layout_.radii)

@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checkpoints, minilm
-from .models import DTYPE, MLP, ConvNet, DecoderTransformer, ViT, activation_order
+from dead_directions.io import checkpoints
+from dead_directions.nn.models import DTYPE, MLP, ConvNet, DecoderTransformer, ViT, activation_order
+from dead_directions.zoo import minilm
 
 # Data splits and the teacher are fixed by this seed; a run's ``seed`` moves only the
 # student's initialisation and the minibatch order.
@@ -419,7 +420,7 @@ def _train_run(
 
 
 def _version() -> str:
-    from . import __version__
+    from dead_directions.version import __version__
 
     return __version__
 

@@ -447,16 +447,16 @@ ZOO_STEP = 3000
 def full_basis_reads(model, inputs, *, likelihood: str = "gaussian", radii=None):
     """Read every direction of an orthonormal basis of parameter space at ``model``.
 
-    The basis is :func:`dead_directions.assembly_cells.full_basis` (live Fisher
+    The basis is :func:`dead_directions.nn.constructed_assembly.full_basis` (live Fisher
     eigendirections of the Gaussian head ``F = JᵀJ/n`` on ``inputs``, then a basis of
     ``ker J``), one direction per parameter; all are read with ``dd.read_many``.
     Returns ``(reads, Assembly)`` with every direction independent (``loci=None``):
     ``λ = Σ_u 1/(2k̂_u)``, regular directions ½, gauges 0.
     """
-    from .assembly import assemble
-    from .assembly_cells import full_basis
-    from .direction import Direction
-    from .read import read_many
+    from dead_directions.core.assembly import assemble
+    from dead_directions.core.direction import Direction
+    from dead_directions.core.read import read_many
+    from dead_directions.nn.constructed_assembly import full_basis
 
     if likelihood != "gaussian":
         raise ValueError(
@@ -493,7 +493,8 @@ def zoo_checkpoints(
     """
     from pathlib import Path
 
-    from . import checkpoints, zoo
+    from dead_directions import zoo
+    from dead_directions.io import checkpoints
 
     fam = zoo.get_family(family)
     task = fam.task()
@@ -533,7 +534,7 @@ NEAR_SINGULAR_RTOL = 1e-3
 
 def zoo_bound(ck) -> ZeroSetBound:
     """The (d − dim Z)/2 bound of a zoo ``mlp`` checkpoint against the zoo's teacher."""
-    from . import zoo
+    from dead_directions import zoo
 
     fam = zoo.get_family(ck.meta.get("family", ZOO_FAMILY))
     act = "tanh" if fam.name == "mlp" else "z^2"
@@ -655,7 +656,7 @@ DEVINTERP_HEADERS = ["devinterp calibrated λ̂ ± sd", "rel. err", "lr, γ", "s
 
 def compare(cells, *, devinterp: bool = True, seed: int = 0, cache=None):
     """Rows of the comparison table, one per cell (see ``cmd_compare``)."""
-    from .assembly import nu
+    from dead_directions.core.assembly import nu
 
     for k in range(1, 7):  # ν(k) quadrature is cached: keep it out of the read times
         nu(k)
@@ -714,7 +715,7 @@ def summary_line(rows) -> str:
 
 def default_cells(all_cells: bool = True, pattern: str | None = None):
     """The assembly cells of the table: all (default), else those with M, N, H ≤ 2."""
-    from .cells import assembly_cells
+    from dead_directions.nn.constructed import assembly_cells
 
     cells = assembly_cells()
     if pattern:
@@ -830,7 +831,7 @@ def cmd_compare(args) -> int:
         )
         lines.append("")
     if sizes:
-        from . import zoo
+        from dead_directions import zoo
 
         checkpoints = zoo_checkpoints(sizes, root=args.checkpoints, seed=args.seed)
         n_train = len(zoo.get_family(ZOO_FAMILY).task().x_train)

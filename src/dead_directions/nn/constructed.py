@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .direction import Direction
+from dead_directions.core.direction import Direction
 
 DTYPE = torch.float64
 
@@ -26,7 +26,7 @@ class Cell:
     likelihood: str = "gaussian"
 
     def read(self, **options):
-        from .read import read
+        from dead_directions.core.read import read
 
         return read(self.model, self.inputs, self.direction, likelihood=self.likelihood, **options)
 
@@ -487,4 +487,4 @@ def _row(weight: torch.Tensor, j: int, axis: int) -> torch.Tensor:
     return out
 
 
-from .assembly_cells import AssemblyCell, assembly_cells  # noqa: E402, F401  (METHOD §6)
+from dead_directions.nn.constructed_assembly import AssemblyCell, assembly_cells  # noqa: E402, F401  (METHOD §6)

@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import checkpoints
-from .layout import Layout, LayoutError, parse_layout
+from dead_directions.io import checkpoints
+from dead_directions.io.layout import Layout, LayoutError, parse_layout
 
 BUILDERS = ("hf",)
 TASKS = {
@@ -192,7 +192,7 @@ class DeclaredFamily:
     def select_layers(self, model: nn.Module) -> list[str]:
         """The sweep layers of ``model``: ``dd.detectors.layers(model)`` (auto), or those
         matching a pattern; ``DeclarationError`` for a pattern that matches none."""
-        from . import detectors
+        from dead_directions import detectors
 
         names = detectors.layers(model)
         if self.layer_patterns is None:
@@ -387,7 +387,7 @@ def resolve(name: str, spec: Mapping | None):
     else the zoo family ``name``."""
     if spec and is_declared(spec):
         return DeclaredFamily.from_config(name, spec)
-    from . import zoo
+    from dead_directions import zoo
 
     return zoo.get_family(name)
 

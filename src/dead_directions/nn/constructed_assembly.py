@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp, vmap
 
-from .assembly import (
+from dead_directions.core.assembly import (
     CLOSED_FORMS,
     Assembly,
     Locus,
@@ -26,8 +26,8 @@ from .assembly import (
     rrr_components,
     rrr_lambda,
 )
-from .cells import DTYPE, Linear
-from .direction import Direction
+from dead_directions.core.direction import Direction
+from dead_directions.nn.constructed import DTYPE, Linear
 
 #: Radii of the assembly reads (17 log-spaced points, 1e-6 … 1e-2): small enough that a
 #: live direction's rate stays on its t⁰ plateau although the product structure makes g
@@ -91,7 +91,7 @@ class AssemblyCell:
 
     def read(self, **options):
         """``dd.read_many`` of the cell's directions (options pass through)."""
-        from .read import read_many
+        from dead_directions.core.read import read_many
 
         options.setdefault("radii", self.radii)
         return read_many(
@@ -266,7 +266,7 @@ def blind_assemble(
     ``(reads, Assembly)`` with ``Assembly.mode == "blind"``; raises ``ValueError`` for an
     unknown ``basis``.
     """
-    from .read import read_many
+    from dead_directions.core.read import read_many
 
     if basis not in BASES:
         raise ValueError(f"basis must be one of {BASES}, got {basis!r}.")

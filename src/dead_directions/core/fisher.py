@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, jvp, vmap
 from torch.overrides import TorchFunctionMode
 
-from .likelihood import Likelihood
+from dead_directions.core.likelihood import Likelihood
 
 Batch = tuple[tuple, dict]
 

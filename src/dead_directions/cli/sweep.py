@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import store
+from dead_directions.io import store
 
 DTYPES = ("auto", "float64", "float32")
 SPEC_HELP = "a declared family's config entry as JSON (dd.declared); default: the zoo family"
@@ -105,7 +105,7 @@ def check_probe(model, inputs, path) -> None:
     in the read."""
     import torch
 
-    from .fisher import iter_batches
+    from dead_directions.core.fisher import iter_batches
 
     dtype = next((p.dtype for p in model.parameters()), torch.float64)
 
@@ -195,7 +195,7 @@ def load_directions(path: str | os.PathLike) -> list:
     Raises ``ValueError`` naming the file when it is missing, unreadable, or its records and
     tensors do not match.
     """
-    from .direction import Direction
+    from dead_directions.core.direction import Direction
 
     path = Path(path)
     remedy = "rerun the detect rule (`dead-directions detect`) for this cell"
@@ -287,7 +287,7 @@ def cap_directions(directions: Sequence, limit: int) -> tuple[list, int]:
 def family(name: str, spec: str | Mapping | None = None):
     """The family of a job: the family declared by ``spec`` (its config entry, a mapping or
     its JSON text; ``dd.declared``), else the zoo family ``name``."""
-    from . import declared
+    from dead_directions.zoo import declared
 
     if isinstance(spec, str):
         try:
@@ -312,7 +312,8 @@ def load_model(
     names another family is refused unless ``override_family``; NaN or infinite weights are
     refused.
     """
-    from . import checkpoints, declared
+    from dead_directions.io import checkpoints
+    from dead_directions.zoo import declared
 
     path = Path(checkpoint)
     if not path.exists():
@@ -379,7 +380,7 @@ def _threads(n: int | None) -> None:
 
 
 def _sidecar_matches(path: Path, family_name: str, size: str, seed: int, tiny: bool) -> bool:
-    from . import checkpoints
+    from dead_directions.io import checkpoints
 
     try:
         meta = checkpoints.read_meta(path)
@@ -405,7 +406,7 @@ def cmd_checkpoints(args) -> int:
     root = Path(args.root)
     fam = family(args.family, args.spec)
     missing: list[int] = []
-    from .declared import DeclaredFamily
+    from dead_directions.zoo.declared import DeclaredFamily
 
     if isinstance(fam, DeclaredFamily):
         on_disk = fam.steps_on_disk(args.size)
@@ -428,7 +429,7 @@ def cmd_checkpoints(args) -> int:
             steps[int(step)] = path
         how = "registered"
     else:
-        from . import zoo
+        from dead_directions import zoo
 
         fam = family(args.family)
         save = sorted(set(args.save or fam.default_steps(args.tiny)))
@@ -462,7 +463,7 @@ def cmd_checkpoints(args) -> int:
 
 def cmd_probe(args) -> int:
     """Draw a family's probe inputs and save them (with their hash)."""
-    from .declared import DeclaredFamily
+    from dead_directions.zoo.declared import DeclaredFamily
 
     fam = family(args.family, args.spec)
     if isinstance(fam, DeclaredFamily):
@@ -476,7 +477,7 @@ def cmd_probe(args) -> int:
 
 def cmd_layers(args) -> int:
     """Write the layer names a sweep fans out over for one family and size (JSON list)."""
-    from . import detectors
+    from dead_directions import detectors
 
     _threads(args.threads)
     fam = family(args.family, args.spec)
@@ -610,7 +611,7 @@ def measure_cell(model, inputs, directions, fam, radii, *, device, dtype, seed=0
 def layer_dead_dimension(model, inputs, fam, layer: str):
     """The dead dimension of a sweep layer (``dd.dead_dimension``, float64 on the CPU,
     before the read moves the model), or None for a layer without parameters of its own."""
-    from .dead_dimension import dead_dimension
+    from dead_directions.analysis.dead_dimension import dead_dimension
 
     name = module_name(layer)
     modules = dict(model.named_modules())
@@ -679,7 +680,7 @@ def cmd_measure_checkpoint(args) -> int:
     per-layer `detect` and `measure` jobs do; then the checkpoint's marker is written."""
     from tqdm.auto import tqdm
 
-    from .read import on_terminal
+    from dead_directions.core.read import on_terminal
 
     started = time.perf_counter()
     _threads(args.threads)
@@ -773,7 +774,7 @@ def _dask_spec(text: str):
 
 def cmd_aggregate(args) -> int:
     """Summarise the completed cells of the store with dask; write the tidy CSV."""
-    from .aggregate import aggregate
+    from dead_directions.analysis.aggregate import aggregate
 
     started = time.perf_counter()
     frame = aggregate(args.store, _dask_spec(args.dask))
@@ -796,7 +797,7 @@ def _summary(path):
 
 def cmd_tables(args) -> int:
     """Write step × size tables (CSV and Markdown) for the given families."""
-    from .aggregate import write_tables
+    from dead_directions.analysis.aggregate import write_tables
 
     frame = _summary(args.summary)
     if args.family:
@@ -808,7 +809,7 @@ def cmd_tables(args) -> int:
 
 def cmd_figures(args) -> int:
     """Draw one family's figures (order heatmap, counts and λ, rate curves)."""
-    from .report import figures
+    from dead_directions.analysis.report import figures
 
     frame = _summary(args.summary)
     checkpoint = None
@@ -822,7 +823,7 @@ def cmd_figures(args) -> int:
 
 def cmd_report(args) -> int:
     """Write the report (Markdown and HTML) from the summary and the figures."""
-    from .report import write_report
+    from dead_directions.analysis.report import write_report
 
     frame = _summary(args.summary)
     dirs = dict(item.split("=", 1) for item in args.figures or [])
@@ -834,7 +835,7 @@ def cmd_report(args) -> int:
 def cmd_check_family(args) -> int:
     """Check a declared family on one of its checkpoints before a sweep runs (the workflow
     calls this when it starts): builder, probe, output and layer patterns."""
-    from . import declared
+    from dead_directions.zoo import declared
 
     fam = declared.DeclaredFamily.from_config(args.family, json.loads(args.spec))
     layers = declared.check(fam, args.size, args.step)
@@ -864,8 +865,8 @@ def cmd_read(args) -> int:
     """Detect and read the directions of one checkpoint; print a table; optionally store."""
     from tabulate import tabulate
 
-    from . import detectors
-    from .cli import _fmt
+    from dead_directions import detectors
+    from dead_directions.cli import _fmt
 
     started = time.perf_counter()
     _threads(args.threads)
@@ -906,7 +907,7 @@ def cmd_read(args) -> int:
     rows, per_layer = [], {}
     from tqdm.auto import tqdm
 
-    from .read import on_terminal
+    from dead_directions.core.read import on_terminal
 
     for layer in tqdm(layers, desc="layers", unit="layer", disable=not on_terminal()):
         found, _ = detect_cell(
@@ -1086,7 +1087,7 @@ def add_parser(sub) -> None:
         "--dask",
         default="local",
         help="local (LocalCluster), threads, synchronous, tcp://address, slurm, or a JSON "
-        "mapping of dead_directions.cluster.ClusterSpec fields",
+        "mapping of dead_directions.analysis.cluster.ClusterSpec fields",
     )
     p.set_defaults(func=cmd_aggregate)
 

@@ -88,7 +88,7 @@ def exact_count(ctx, layer: str, rtol: float = RTOL, chunk: int = 64) -> tuple[i
     output). The whitened Jacobian block is built with ``chunk`` one-hot tangents per
     vmapped ``jvp``; memory ``d_L × rows`` floats.
     """
-    from .fisher import eval_mode
+    from dead_directions.core.fisher import eval_mode
 
     params = ctx.own_params(layer)
     names = list(params)
@@ -121,7 +121,7 @@ def exact_count(ctx, layer: str, rtol: float = RTOL, chunk: int = 64) -> tuple[i
 def kfac_count(ctx, layer: str, rtol: float = RTOL) -> tuple[int, int, int] | None:
     """``(d_A d_G − rank A · rank G, rows of A, rank cap)`` of a Linear/Conv2d layer, or
     None where K-FAC does not apply (``detectors.kfac._applies``)."""
-    from .detectors import kfac
+    from dead_directions.detectors import kfac
 
     module = ctx.modules[layer]
     if not kfac._applies(module):
@@ -162,7 +162,7 @@ def dead_dimension(
     reported ``dead`` is the exact one where there is one. Raises ``ValueError`` for an
     unknown layer or a layer without parameters of its own.
     """
-    from .detectors.registry import Context
+    from dead_directions.detectors.registry import Context
 
     if not isinstance(rtol, int | float) or not (0 < rtol < 1):
         raise ValueError(f"rtol must be a number in (0, 1), got {rtol!r}.")
