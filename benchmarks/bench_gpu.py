@@ -7,7 +7,7 @@ weight with `dd.read_many`, in float32 (optionally TF32) and in float64, and pri
 time, the achieved FLOP/s (matmul FLOPs counted by torch's FlopCounterMode on a timed
 repeat) as a fraction of the device's peak for the dtype, the peak memory and the
 float32-vs-float64 order agreement. Then reads every constructed cell of the read issue
-(`dd.cells.read_cells()`, METHOD §4) on the same device in float32 and float64 and prints
+(`dd.constructed.read_cells()`, METHOD §4) on the same device in float32 and float64 and prints
 each order and the largest |Δk| (acceptance: ≤ 0.05). `--tiny` shrinks the decoder for a
 CPU smoke run.
 """
@@ -157,7 +157,7 @@ def cells_agreement(device: torch.device, tolerance: float = 0.05) -> None:
     """Read every constructed cell in float32 and float64 on ``device``; print the orders."""
     print(f"\nconstructed cells on {device.type}, float32 vs float64 (|Δk| ≤ {tolerance}):")
     worst = 0.0
-    for cell in dd.cells.read_cells():
+    for cell in dd.constructed.read_cells():
         single, double = (
             cell.read(dtype=dt, device=device) for dt in (torch.float32, torch.float64)
         )

@@ -1,6 +1,6 @@
 """What held-out confirmation of gauges costs the read (issue 16, acceptance 7, in part).
 
-Every constructed cell (``dd.cells.read_cells``) read twice, interleaved, three times over:
+Every constructed cell (``dd.constructed.read_cells``) read twice, interleaved, three times over:
 the default read (curves and ρ on the fit three quarters of the probe, every gauge
 confirmed on the held-out quarter) and the same fit part read with nothing held out
 (``heldout_fraction=0``). The difference is the confirmation's cost; a gauge costs a
@@ -18,7 +18,7 @@ import dead_directions as dd
 
 def main() -> None:
     torch.set_num_threads(1)
-    cells = dd.cells.read_cells()
+    cells = dd.constructed.read_cells()
     off = dd.ReadOptions(heldout_fraction=0)
     total = {"confirmed": 0.0, "not confirmed": 0.0}
     reps = 3

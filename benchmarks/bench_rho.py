@@ -2,7 +2,7 @@
 
 Exact gauges (ReLU rescaling, the z² equal-weight rotation, the attention Q/K orbit) and
 genuine singularities (tanh and GELU node death, a tanh duplicate pair split apart) of
-``dd.cells.width_cells`` at widths 4, 16, 64, 256, each direction with 1e-10 relative
+``dd.constructed.width_cells`` at widths 4, 16, 64, 256, each direction with 1e-10 relative
 dense noise over every parameter. For each: ρ on the read's correction space (entries u
 moves by > 1e-8 of its largest) and, for comparison, ρ with the correction over every
 entry u touches (``support_fraction=0``: with the noise, every parameter), which is what
@@ -36,10 +36,10 @@ def main() -> None:
     print("| width | cell | truth | ρ (correction space) | kind | ρ (every entry) | kind | s |")
     print("|---|---|---|---|---|---|---|---|")
     for width in args.widths:
-        kinds = [k for k in dd.cells.WIDTH_CELL_KINDS]
+        kinds = [k for k in dd.constructed.WIDTH_CELL_KINDS]
         if width > args.attention_max:
             kinds.remove("attention-qk")
-        for cell in dd.cells.width_cells(width, noise=args.noise, kinds=tuple(kinds)):
+        for cell in dd.constructed.width_cells(width, noise=args.noise, kinds=tuple(kinds)):
             start = time.perf_counter()
             r = cell.read()
             wide = cell.read(options=every) if "attention" not in cell.name else None

@@ -39,7 +39,9 @@ import torch
 import dead_directions as dd
 from dead_directions import detectors, zoo
 from dead_directions.analysis.llc_compare import llc_on_data, machine
-from dead_directions.cli.sweep import detect_cell, load_model, measure_cell, sweep_layer
+from dead_directions.cli.sweep import detect_cell, measure_cell
+from dead_directions.io.artefacts import sweep_layer
+from dead_directions.zoo.loading import load_model
 
 MAX_PER_LAYER = 4  # config/config.yaml: every default family's max_per_layer
 MAX_DIRECTIONS = 32  # config/config.yaml: store_layout.max_directions

@@ -43,7 +43,7 @@ def assembled():
     torch.set_num_threads(1)
     try:
         out = {}
-        for cell in dd.cells.assembly_cells():
+        for cell in dd.constructed_assembly.assembly_cells():
             reads = cell.read()
             out[cell.name] = (cell, reads, cell.assemble(reads))
         return out

@@ -6,7 +6,7 @@ import pytest
 
 import dead_directions as dd
 
-CELLS = {c.name: c for c in dd.cells.read_cells()}
+CELLS = {c.name: c for c in dd.constructed.read_cells()}
 
 
 @pytest.mark.parametrize("name", sorted(CELLS))

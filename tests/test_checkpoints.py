@@ -280,8 +280,8 @@ def _planted(name):
 
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_pruned_checkpoint_loads_like_any_and_reads_no_node_death(tmp_path, name):
-    from dead_directions.cli import sweep
     from dead_directions.prune import PRUNE_DETECTORS, save_pruned
+    from dead_directions.zoo import loading
 
     fam = zoo.get_family(name)
     model, size, widths = _planted(name)
@@ -299,7 +299,7 @@ def test_pruned_checkpoint_loads_like_any_and_reads_no_node_death(tmp_path, name
     assert float((y_loaded - y_pruned).abs().max()) <= 1e-12
     assert float((y_loaded - y0).norm() / y0.norm()) <= 1e-9
     # the sweep's loader (detect, measure, `read`) takes it as an ordinary checkpoint
-    swept, _ = sweep.load_model(path, name, size)
+    swept, _ = loading.load_model(path, name, size)
     assert torch.equal(swept(xh), y_loaded)
     # acceptance 3: a second detect + read finds no node death or duplicate left
     dirs = dd.detect(loaded, x, detectors=list(PRUNE_DETECTORS), max_per_layer=1 << 20, **kw)

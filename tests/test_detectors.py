@@ -442,7 +442,7 @@ def test_config_chooses_detectors_per_layer_type():
 def test_dead_units_share_one_base_through_save_and_load(tmp_path):
     """All dead units of a layer are projected together; the sweep's directions file keeps
     that (safetensors refuses shared memory, so it is saved as copies and merged on load)."""
-    from dead_directions.cli.sweep import load_directions, save_directions
+    from dead_directions.io.artefacts import load_directions, save_directions
 
     model, x = dead_mlp("z^2"), gaussian(256, 4)
     dirs = dd.detect(model, x, detectors=["dead_unit"])

@@ -121,7 +121,7 @@ def test_devinterp_run_is_diagnosed():
 
     import dead_directions as dd
 
-    cell = next(c for c in dd.cells.assembly_cells() if c.name == "regular-linear")
+    cell = next(c for c in dd.constructed_assembly.assembly_cells() if c.name == "regular-linear")
     model = copy.deepcopy(cell.model)
     x, y = llc_compare._cell_data(cell, cell.point(), 256, 0)
     est = llc_compare.llc_on_data(

@@ -253,15 +253,15 @@ def test_removable_records_and_tables_are_the_closed_counts(tmp_path):
     assert f"| 10            | {100 * 14 / 58:.2f} % |" in text and "**fc1**" in text
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
     # the report picks the table up beside its own tables folder
-    from dead_directions.prune import report_section
+    from dead_directions.analysis.prune_tables import report_section
 
     md, parts = report_section("mlp", paths["csv"], paths["png"], tmp_path / "report.md")
     assert f"{100 * 7 / 58:.2f} %" in "\n".join(md) and "data:image/png;base64," in parts[-1]
 
 
 def test_bad_removable_inputs_name_the_problem(tmp_path, capsys):
+    from dead_directions.analysis.prune_tables import load_records
     from dead_directions.cli import main
-    from dead_directions.prune import load_records
 
     missing = tmp_path / "missing.safetensors"
     argv = ["removable", f"5={missing}", "--family", "mlp", "--out", str(tmp_path / "r.json")]
@@ -272,6 +272,6 @@ def test_bad_removable_inputs_name_the_problem(tmp_path, capsys):
     with pytest.raises(ValueError, match="bad.json is not valid JSON"):
         load_records([tmp_path / "bad.json"])
     with pytest.raises(ValueError, match="no removable records of family 'cnn'"):
-        from dead_directions.prune import write_prune_tables
+        from dead_directions.analysis.prune_tables import write_prune_tables
 
         write_prune_tables([], "cnn", *(tmp_path / f"x.{e}" for e in ("csv", "md", "png")))

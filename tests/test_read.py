@@ -209,7 +209,7 @@ def test_direction_objects_carry_predictions_into_the_read():
 
 def test_float32_reads_of_the_cells_agree_with_float64():
     # The GPU path reads in float32; on CPU the same arithmetic checks the agreement.
-    for cell in dd.cells.read_cells(n_inputs=256):
+    for cell in dd.constructed.read_cells(n_inputs=256):
         r32 = cell.read(dtype=torch.float32)
         r64 = cell.read()
         assert r32.kind == r64.kind, cell.name

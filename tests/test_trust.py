@@ -46,7 +46,7 @@ def _assert_reads_prediction(r, kind, order):
         assert abs(r.order - order) <= 0.05, (r.name, r.order)
 
 
-CELLS = dd.cells.read_cells()
+CELLS = dd.constructed.read_cells()
 
 
 @pytest.mark.parametrize("cell", CELLS, ids=[c.name for c in CELLS])
@@ -182,7 +182,7 @@ def test_two_regime_read_of_an_offset_node_death():
     wider, but near-dead: the read is singular k = 3 from the upper plateau, and r* is the
     distance to the locus along the ray, √2 δ (closed form)."""
     delta = 1e-2
-    model = dd.cells.NodeDeath("z^2", a=delta, w=delta)
+    model = dd.constructed.NodeDeath("z^2", a=delta, w=delta)
     x = torch.randn(512, 1, generator=torch.Generator().manual_seed(0), dtype=DTYPE)
     u = {"a": torch.tensor(1.0, dtype=DTYPE), "w": torch.tensor(1.0, dtype=DTYPE)}
     r = dd.read(model, x, u)
@@ -196,7 +196,7 @@ def test_float32_near_its_flat_threshold_is_decided_in_float64():
     random bias direction: g/g_ref ≈ 1e-5, float32's flat threshold. float64 decides:
     regular (its threshold is 1e-8), as the float64 read alone says."""
     gen = torch.Generator().manual_seed(0)
-    model = dd.cells.Linear(3, 4, gen).eval()
+    model = dd.constructed.Linear(3, 4, gen).eval()
     x = torch.randn(256, 3, generator=gen, dtype=DTYPE)
     ones = torch.ones(4, dtype=DTYPE) / 2.0
     live = torch.randn(4, generator=gen, dtype=DTYPE)
@@ -224,7 +224,7 @@ def test_store_keeps_the_new_variables(tmp_path):
     layout = store.init(path, max_directions=4)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(512, 1, generator=gen, dtype=DTYPE)
-    offset = dd.cells.NodeDeath("z^2", a=1e-2, w=1e-2)
+    offset = dd.constructed.NodeDeath("z^2", a=1e-2, w=1e-2)
     two = {"a": torch.tensor(1.0, dtype=DTYPE), "w": torch.tensor(1.0, dtype=DTYPE)}
     cells = {c.name: c for c in CELLS}
     rescale = cells["relu-rescale"]

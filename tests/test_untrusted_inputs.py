@@ -16,10 +16,11 @@ from safetensors.torch import save_file
 from synthetic import PROVENANCE, reads_for
 
 from dead_directions import zoo
-from dead_directions.cli import sweep
-from dead_directions.io import checkpoints, store
+from dead_directions.core import device
+from dead_directions.io import artefacts, checkpoints, store
 from dead_directions.io.checkpoints import CheckpointError
 from dead_directions.prune import load_pruned
+from dead_directions.zoo import loading
 
 FORK = multiprocessing.get_context("fork")
 
@@ -76,8 +77,8 @@ def test_a_family_contradicting_the_sidecar_is_refused_unless_overridden(tmp_pat
     with pytest.raises(CheckpointError, match="sidecar says family 'mlp'.*'mlp-z2'"):
         checkpoints.load(path, family="mlp-z2")
     with pytest.raises(ValueError, match="--override-family"):
-        sweep.load_model(path, "mlp-z2")
-    other, _ = sweep.load_model(path, "mlp-z2", override_family=True)
+        loading.load_model(path, "mlp-z2")
+    other, _ = loading.load_model(path, "mlp-z2", override_family=True)
     x = zoo.get_family("mlp").probe(n=8)
     # the override loads the same weights into the z² architecture: another function
     assert not torch.allclose(other(x), model(x))
@@ -89,7 +90,10 @@ def test_a_family_contradicting_the_sidecar_is_refused_unless_overridden(tmp_pat
 def test_corrupt_probe_and_directions_files_name_the_file(tmp_path):
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{}xx")
-    for load, what in ((sweep.load_probe, "probe data"), (sweep.load_directions, "directions")):
+    for load, what in (
+        (artefacts.load_probe, "probe data"),
+        (artefacts.load_directions, "directions"),
+    ):
         with pytest.raises(ValueError, match=f"{what}.*garbage.safetensors.*not a readable"):
             load(garbage)
         with pytest.raises(ValueError, match=f"{what}.*missing.safetensors.*does not exist"):
@@ -97,31 +101,31 @@ def test_corrupt_probe_and_directions_files_name_the_file(tmp_path):
     no_input = tmp_path / "no_input.safetensors"
     save_file({"x": torch.zeros(3)}, str(no_input), metadata={"kind": "tensor"})
     with pytest.raises(ValueError, match="no_input.safetensors.*no tensor 'input'"):
-        sweep.load_probe(no_input)
+        artefacts.load_probe(no_input)
     with pytest.raises(ValueError, match="no_input.safetensors.*no valid 'directions'"):
-        sweep.load_directions(no_input)
+        artefacts.load_directions(no_input)
     torn = tmp_path / "torn.safetensors"
     save_file({"x": torch.zeros(3)}, str(torn), metadata={"directions": '[{"name": "a"}]'})
     with pytest.raises(ValueError, match="torn.safetensors: direction 0 is malformed"):
-        sweep.load_directions(torn)
+        artefacts.load_directions(torn)
 
 
 def test_a_probe_or_directions_that_do_not_fit_the_model_name_the_file(tmp_path):
     model = zoo.get_family("mlp").build("h4")
     wrong = torch.zeros(5, 7, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"probe data p.safetensors \(shape \(5, 7\)\) does not"):
-        sweep.check_probe(model, wrong, "p.safetensors")
-    sweep.check_probe(model, zoo.get_family("mlp").probe(n=4), "p.safetensors")  # fits
+        artefacts.check_probe(model, wrong, "p.safetensors")
+    artefacts.check_probe(model, zoo.get_family("mlp").probe(n=4), "p.safetensors")  # fits
     good = _directions(model)
-    sweep.check_directions(good, model, "d.safetensors")
+    artefacts.check_directions(good, model, "d.safetensors")
     bad = good[0].__class__(
         name="a", layer="fc1", vector={"fc1.weight": torch.ones(3, 3)}, detector="x"
     )
     with pytest.raises(ValueError, match=r"d.safetensors: direction 'a' has 'fc1.weight' of shape"):
-        sweep.check_directions([bad], model, "d.safetensors")
+        artefacts.check_directions([bad], model, "d.safetensors")
     alien = good[0].__class__(name="b", layer="fc9", vector={"fc9.w": torch.ones(2)}, detector="x")
     with pytest.raises(ValueError, match="moves 'fc9.w', which is not a parameter"):
-        sweep.check_directions([alien], model, "d.safetensors")
+        artefacts.check_directions([alien], model, "d.safetensors")
 
 
 def _directions(model):
@@ -135,9 +139,9 @@ def test_an_unknown_cuda_device_is_a_named_error():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     with pytest.raises(ValueError, match="--device cuda: this machine has 0 CUDA device"):
-        sweep.resolve_device("cuda")
+        device.resolve_device("cuda")
     with pytest.raises(ValueError, match="not a device name"):
-        sweep.resolve_device("gpu0")
+        device.resolve_device("gpu0")
 
 
 # ------------------------------------------------------------------ the store's identity

@@ -21,8 +21,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from dead_directions.analysis import aggregate
-from dead_directions.cli import sweep
-from dead_directions.io import store
+from dead_directions.io import artefacts, store
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -190,11 +189,11 @@ def test_tiny_sweep_end_to_end(tiny_run):
     assert ds.sizes == {"family": 1, "size": 1, "step": 2, "layer": 2, "direction": 8, "radius": 13}
     layout = store.layout(path)
     assert layout.max_directions == 8 and len(layout.radii) == 13
-    probe, digest = sweep.load_probe(tiny_run / "results" / "probe" / "mlp.safetensors")
+    probe, digest = artefacts.load_probe(tiny_run / "results" / "probe" / "mlp.safetensors")
     assert probe.shape[0] == 64
     for key in CELLS:
         cell = store.cell_dataset(path, key)
-        found = sweep.load_directions(
+        found = artefacts.load_directions(
             tiny_run / "results" / "directions" / f"{key.path}.safetensors"
         )
         assert [d.name for d in found] == list(cell["label"].values)
@@ -619,7 +618,7 @@ def test_per_checkpoint_jobs_write_the_store_per_layer_jobs_write(tiny_run, tmp_
     assert sorted(store.done_cells(path)) == sorted(CELLS)
     stores_equal(path, tiny_run / "results" / "store.zarr")
     for key in CELLS:  # the directions each layer was read with, as a detect job saves them
-        mine = sweep.load_directions(
+        mine = artefacts.load_directions(
             results
             / "directions-by-checkpoint"
             / "mlp"
@@ -627,7 +626,7 @@ def test_per_checkpoint_jobs_write_the_store_per_layer_jobs_write(tiny_run, tmp_
             / f"step{key.step:07d}"
             / f"{key.layer}.safetensors"
         )
-        theirs = sweep.load_directions(
+        theirs = artefacts.load_directions(
             tiny_run / "results" / "directions" / f"{key.path}.safetensors"
         )
         assert [d.name for d in mine] == [d.name for d in theirs]

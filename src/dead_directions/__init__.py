@@ -26,7 +26,7 @@ from dead_directions.core.read import (
 )
 from dead_directions.detectors import detect
 from dead_directions.io import checkpoints
-from dead_directions.nn import constructed as cells
+from dead_directions.nn import constructed, constructed_assembly
 from dead_directions.prune import PruneReport, prune
 from dead_directions.version import __version__
 
@@ -48,7 +48,8 @@ __all__ = [
     "RateOptions",
     "Read",
     "ReadOptions",
-    "cells",
+    "constructed",
+    "constructed_assembly",
     "checkpoints",
     "zoo",
     "detect",

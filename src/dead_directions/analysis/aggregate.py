@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dead_directions import zoo
+from dead_directions.analysis.cluster import make_client
 from dead_directions.core.direction import KINDS
 from dead_directions.io import store
 
@@ -92,7 +94,6 @@ def dask_client(spec: Mapping[str, object] | str | None = None) -> Iterator[obje
         with dask.config.set(scheduler=kind):
             yield None
         return
-    from dead_directions.analysis.cluster import make_client
 
     with make_client(spec) as client:
         yield client
@@ -187,8 +188,6 @@ def size_order(family: str, sizes: Sequence[str]) -> list[str]:
     """Sizes in the family's declared order (``dd.zoo``), others in natural order after."""
     declared: Sequence[str] = ()
     with contextlib.suppress(Exception):
-        from dead_directions import zoo
-
         declared = zoo.get_family(family).sizes
     rank = {s: i for i, s in enumerate(declared)}
     return sorted(set(sizes), key=lambda s: (rank.get(s, len(rank)), natural_key(s)))

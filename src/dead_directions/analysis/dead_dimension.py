@@ -31,6 +31,10 @@ import torch
 from torch import nn
 from torch.func import jvp, vmap
 
+from dead_directions.core.fisher import eval_mode
+from dead_directions.detectors import kfac
+from dead_directions.detectors.registry import Context
+
 #: Relative eigenvalue tolerance of the ranks (eigenvalues of F_L, A and G; for F_L via
 #: squared singular values of the whitened Jacobian).
 RTOL = 1e-10
@@ -88,7 +92,6 @@ def exact_count(ctx, layer: str, rtol: float = RTOL, chunk: int = 64) -> tuple[i
     output). The whitened Jacobian block is built with ``chunk`` one-hot tangents per
     vmapped ``jvp``; memory ``d_L × rows`` floats.
     """
-    from dead_directions.core.fisher import eval_mode
 
     params = ctx.own_params(layer)
     names = list(params)
@@ -121,7 +124,6 @@ def exact_count(ctx, layer: str, rtol: float = RTOL, chunk: int = 64) -> tuple[i
 def kfac_count(ctx, layer: str, rtol: float = RTOL) -> tuple[int, int, int] | None:
     """``(d_A d_G − rank A · rank G, rows of A, rank cap)`` of a Linear/Conv2d layer, or
     None where K-FAC does not apply (``detectors.kfac._applies``)."""
-    from dead_directions.detectors import kfac
 
     module = ctx.modules[layer]
     if not kfac._applies(module):
@@ -162,7 +164,6 @@ def dead_dimension(
     reported ``dead`` is the exact one where there is one. Raises ``ValueError`` for an
     unknown layer or a layer without parameters of its own.
     """
-    from dead_directions.detectors.registry import Context
 
     if not isinstance(rtol, int | float) or not (0 < rtol < 1):
         raise ValueError(f"rtol must be a number in (0, 1), got {rtol!r}.")

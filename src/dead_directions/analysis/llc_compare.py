@@ -14,7 +14,17 @@ import time
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from torch.func import functional_call, jacrev
+
+from dead_directions import zoo
+from dead_directions.core.assembly import assemble, nu
+from dead_directions.core.direction import Direction
+from dead_directions.core.read import read_many
+from dead_directions.io import checkpoints
+from dead_directions.nn.constructed import assembly_cells
+from dead_directions.nn.constructed_assembly import full_basis
 
 # devinterp's LLC is nβ·(E_chain[L_n] − L_n(w*)), L_n the mean per-sample NLL on n data.
 N_DATA = 1024  # 32 batches of 32: devinterp's init loss (32 batches) is then exactly L_n(w*)
@@ -98,7 +108,6 @@ def diagnose(res, d: int, n_beta: float) -> tuple[float, float, float, tuple[str
     for a learning coefficient); a drifting trace — |drift| both above 3 standard errors
     (not noise) and above max(``DRIFT_RTOL``·|λ̂|, ``DRIFT_ATOL``) (material).
     """
-    import numpy as np
 
     trace = n_beta * np.asarray(res.loss_trace.values, dtype=float)  # (chain, draw)
     init = n_beta * float(res.init_loss)
@@ -139,7 +148,6 @@ def _cell_data(cell, point, n: int, seed: int) -> tuple[torch.Tensor, torch.Tens
     Gaussian head: ``y = f(x; w*) + N(0, I)``; categorical: ``y ~ softmax(f(x; w*))``
     (int64 class index). Inputs ``x ~ N(0, I)`` of the cell's input width.
     """
-    from torch.func import functional_call
 
     gen = torch.Generator().manual_seed(seed)
     width = cell.inputs.shape[1]
@@ -399,7 +407,6 @@ def zero_set_bound(student, teacher, inputs: torch.Tensor, *, samples: int = 4, 
     ``inputs`` equal the teacher's; the Jacobian rank at one of them checks tightness.
     Raises ``ValueError`` when the two models do not fit this description.
     """
-    from torch.func import functional_call, jacrev
 
     for name, m in (("student", student), ("teacher", teacher)):
         if not all(hasattr(m, k) for k in ("fc1", "fc2", "act")):
@@ -453,10 +460,6 @@ def full_basis_reads(model, inputs, *, likelihood: str = "gaussian", radii=None)
     Returns ``(reads, Assembly)`` with every direction independent (``loci=None``):
     ``λ = Σ_u 1/(2k̂_u)``, regular directions ½, gauges 0.
     """
-    from dead_directions.core.assembly import assemble
-    from dead_directions.core.direction import Direction
-    from dead_directions.core.read import read_many
-    from dead_directions.nn.constructed_assembly import full_basis
 
     if likelihood != "gaussian":
         raise ValueError(
@@ -492,9 +495,6 @@ def zoo_checkpoints(
     the mlp) into ``root`` or a temporary directory.
     """
     from pathlib import Path
-
-    from dead_directions import zoo
-    from dead_directions.io import checkpoints
 
     fam = zoo.get_family(family)
     task = fam.task()
@@ -534,7 +534,6 @@ NEAR_SINGULAR_RTOL = 1e-3
 
 def zoo_bound(ck) -> ZeroSetBound:
     """The (d − dim Z)/2 bound of a zoo ``mlp`` checkpoint against the zoo's teacher."""
-    from dead_directions import zoo
 
     fam = zoo.get_family(ck.meta.get("family", ZOO_FAMILY))
     act = "tanh" if fam.name == "mlp" else "z^2"
@@ -656,7 +655,6 @@ DEVINTERP_HEADERS = ["devinterp calibrated λ̂ ± sd", "rel. err", "lr, γ", "s
 
 def compare(cells, *, devinterp: bool = True, seed: int = 0, cache=None):
     """Rows of the comparison table, one per cell (see ``cmd_compare``)."""
-    from dead_directions.core.assembly import nu
 
     for k in range(1, 7):  # ν(k) quadrature is cached: keep it out of the read times
         nu(k)
@@ -715,7 +713,6 @@ def summary_line(rows) -> str:
 
 def default_cells(all_cells: bool = True, pattern: str | None = None):
     """The assembly cells of the table: all (default), else those with M, N, H ≤ 2."""
-    from dead_directions.nn.constructed import assembly_cells
 
     cells = assembly_cells()
     if pattern:
@@ -831,8 +828,6 @@ def cmd_compare(args) -> int:
         )
         lines.append("")
     if sizes:
-        from dead_directions import zoo
-
         checkpoints = zoo_checkpoints(sizes, root=args.checkpoints, seed=args.seed)
         n_train = len(zoo.get_family(ZOO_FAMILY).task().x_train)
         rows = compare_zoo(checkpoints, devinterp=devinterp, seed=args.seed, cache=args.cache)

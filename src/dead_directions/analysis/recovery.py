@@ -10,6 +10,12 @@ from pathlib import Path
 
 from torch import nn
 
+from dead_directions import zoo
+from dead_directions.core.read import read_many, split_probe
+from dead_directions.detectors import detect
+from dead_directions.io import checkpoints
+from dead_directions.io.checkpoints import iter_checkpoints
+
 STRUCTURAL = (
     "layernorm_kernel",
     "norm_input_scale",
@@ -64,8 +70,6 @@ def recovery(
     """Detect with ``detectors`` on the fit part of ``inputs`` (:func:`~dead_directions.
     read.split_probe`), read every direction that carries a prediction (gauges confirmed
     on the held-out part), compare."""
-    from dead_directions.core.read import read_many, split_probe
-    from dead_directions.detectors import detect
 
     fit, heldout = split_probe(inputs)
     dirs = [
@@ -124,7 +128,6 @@ def rates(outcomes: Iterable[Outcome]) -> dict[str, tuple[int, int]]:
 
 def final_checkpoint(root, family: str, size: str) -> Path | None:
     """The highest-step checkpoint of (family, size) under ``root``, or None."""
-    from dead_directions.io.checkpoints import iter_checkpoints
 
     found = [(step, path) for _, step, path in iter_checkpoints(root, family, size)]
     return max(found)[1] if found else None
@@ -149,8 +152,6 @@ def zoo_recovery(
     missing (family, size) is trained first when ``train`` (``tiny`` recipe if asked),
     else skipped. ``probe``: probe inputs per model (default: the family's own number).
     """
-    from dead_directions import zoo
-    from dead_directions.io import checkpoints
 
     names = list(families) if families is not None else zoo.trainable()
     outcomes: list[Outcome] = []

@@ -21,6 +21,8 @@ from dead_directions.analysis.aggregate import (
     size_order,
     table,
 )
+from dead_directions.analysis.figures import pyplot, save_figure
+from dead_directions.analysis.prune_tables import report_section
 from dead_directions.io import store
 
 KIND_COLOURS = {
@@ -36,15 +38,6 @@ HEADLINE_METRIC = "dead_fraction"
 REPORT_METRICS = ("dead_dim", "n_dead", "order_median", "recovery")
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _layers(frame, family: str) -> list[str]:
     sub = frame[(frame["family"] == family) & (frame["layer"] != POOLED)]
     return sorted(sub["layer"].unique(), key=natural_key)
@@ -52,7 +45,7 @@ def _layers(frame, family: str) -> list[str]:
 
 def order_heatmap(frame, family: str, path: str | os.PathLike) -> Path:
     """Median measured order k̂ per (layer, step), one panel per size."""
-    plt = _plt()
+    plt = pyplot()
     sub = frame[frame["family"] == family]
     sizes = size_order(family, list(sub["size"].unique()))
     layers = _layers(frame, family)
@@ -89,7 +82,7 @@ def order_heatmap(frame, family: str, path: str | os.PathLike) -> Path:
     if image is not None:
         fig.colorbar(image, ax=axes[0].tolist(), label="median measured order k̂")
     fig.suptitle(f"{family}: median order of the detected directions", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def log_step_axis(ax, steps) -> None:
@@ -104,7 +97,7 @@ def log_step_axis(ax, steps) -> None:
 
 
 def _lines(frame, family: str, panels, path, title: str) -> Path:
-    plt = _plt()
+    plt = pyplot()
     sub = frame[(frame["family"] == family) & (frame["layer"] == POOLED)]
     sizes = size_order(family, list(sub["size"].unique()))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.5), squeeze=False)
@@ -119,7 +112,7 @@ def _lines(frame, family: str, panels, path, title: str) -> Path:
     axes[0][0].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def dead_dimension(frame, family: str, path: str | os.PathLike) -> Path:
@@ -153,7 +146,7 @@ def rate_curves(
     layers: Sequence[str] | None = None,
 ) -> Path:
     """The rate curves g(t) of every direction of one checkpoint, one panel per layer."""
-    plt = _plt()
+    plt = pyplot()
     done = [
         k
         for k in store.done_cells(store_path)
@@ -188,15 +181,7 @@ def rate_curves(
     fig.legend(handles=handles, loc="upper right", fontsize=8)
     fig.suptitle(f"{family} size {size}, step {step}: rate curves g(t) by kind", fontsize=10)
     fig.subplots_adjust(left=0.08, right=0.88, bottom=0.1, top=0.9, wspace=0.45, hspace=0.6)
-    return _save(fig, path)
-
-
-def _save(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, metadata={"Software": None})
-    _plt().close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def default_checkpoint(frame, family: str) -> tuple[str, int]:
@@ -330,8 +315,6 @@ def write_report(
         # removable parameters (workflow/rules/prune.smk), where its table exists
         prune_csv = out.parent / "tables" / "prune" / f"{family}.csv"
         if prune_csv.is_file():
-            from dead_directions.prune import report_section
-
             png = folder / "prune_removable.png"
             extra_md, extra_html = report_section(family, prune_csv, png, out)
             md += extra_md

@@ -8,6 +8,8 @@ import math
 import sys
 import time
 
+from dead_directions.nn.constructed import read_cells
+
 # Subcommands live beside the concept they expose: each module named here defines
 # ``add_parser(subparsers)`` which registers its command and sets ``func``.
 COMMAND_MODULES = [
@@ -16,7 +18,7 @@ COMMAND_MODULES = [
     "dead_directions.cli.sweep",
 ]
 COMMAND_MODULES += ["dead_directions.analysis.recovery"]  # detector recovery rates
-COMMAND_MODULES += ["dead_directions.prune"]  # prune read-confirmed dead/duplicate units
+COMMAND_MODULES += ["dead_directions.cli.prune"]  # prune read-confirmed dead/duplicate units
 COMMAND_MODULES += ["dead_directions.zoo"]  # train: the model zoo
 COMMAND_MODULES += ["dead_directions.analysis.timing"]  # a sweep's time split across rules
 
@@ -34,8 +36,6 @@ def _fmt(x: float | None, digits: int = 3) -> str:
 def cmd_cells(args) -> int:
     """Read every constructed cell and print predicted vs measured kind and order."""
     from tabulate import tabulate
-
-    from dead_directions.nn.constructed import read_cells
 
     rows, failures = [], 0
     for cell in read_cells(n_inputs=args.inputs, seed=args.seed):

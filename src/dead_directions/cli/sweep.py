@@ -4,34 +4,40 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import hashlib
 import json
-import math
-import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from dead_directions.io import store
+from dead_directions import detectors, zoo
+from dead_directions.analysis.aggregate import aggregate, write_tables
+from dead_directions.analysis.dead_dimension import dead_dimension
+from dead_directions.analysis.report import figures, write_report
+from dead_directions.cli import _fmt
+from dead_directions.core.device import DTYPES, resolve_device, torch_dtype
+from dead_directions.core.read import on_terminal, read_on_device, split_probe
+from dead_directions.io import checkpoints, store
+from dead_directions.io.artefacts import (
+    cap_directions,
+    check_directions,
+    check_probe,
+    load_directions,
+    load_probe,
+    module_name,
+    probe_hash,
+    save_directions,
+    save_probe,
+    sweep_layer,
+)
+from dead_directions.zoo import declared
+from dead_directions.zoo.declared import DeclaredFamily
+from dead_directions.zoo.loading import family, load_model
 
-DTYPES = ("auto", "float64", "float32")
-SPEC_HELP = "a declared family's config entry as JSON (dd.declared); default: the zoo family"
-# The sweep's name for the root module ('' in named_modules(), which owns parameters such
-# as a positional embedding): '' cannot be a path component or a store label.
-ROOT_LAYER = "_root"
-
-
-def sweep_layer(module: str) -> str:
-    """The sweep's (path-safe) name of a module: ``""`` becomes :data:`ROOT_LAYER`."""
-    return module or ROOT_LAYER
-
-
-def module_name(layer: str) -> str:
-    """The module name of a sweep layer (inverse of :func:`sweep_layer`)."""
-    return "" if layer == ROOT_LAYER else layer
+SPEC_HELP = "a declared family's config entry as JSON (zoo.declared); default: the zoo family"
 
 
 # --------------------------------------------------------------------------------------
@@ -39,336 +45,12 @@ def module_name(layer: str) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def save_probe(inputs, path: str | os.PathLike) -> str:
-    """Save probe inputs (a tensor or a dict of tensors); return their content hash."""
-    from safetensors.torch import save_file
-
-    tensors = {"input": inputs} if not isinstance(inputs, Mapping) else dict(inputs)
-    kind = "tensor" if not isinstance(inputs, Mapping) else "dict"
-    digest = probe_hash(inputs)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(
-        {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-        str(tmp),
-        metadata={"kind": kind, "sha256": digest},
-    )
-    os.replace(tmp, path)
-    return digest
-
-
-def _read_safetensors(path: Path, what: str, remedy: str) -> tuple[dict, dict]:
-    """``(metadata, tensors)`` of a safetensors file; ``ValueError`` naming the file, what it
-    should hold and how to remake it when it is missing or unreadable."""
-    from safetensors import safe_open
-
-    if not path.exists():
-        raise ValueError(f"{what} {path} does not exist; {remedy}.")
-    try:
-        with safe_open(str(path), "pt") as fh:
-            meta = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
-    except Exception as err:  # SafetensorError, OSError, ...: all mean an unusable file
-        raise ValueError(
-            f"{what} {path} is not a readable safetensors file ({err}); {remedy}."
-        ) from None
-    return meta, tensors
-
-
-def load_probe(path: str | os.PathLike):
-    """Probe inputs saved by :func:`save_probe` and their hash.
-
-    Raises ``ValueError`` naming the file when it is missing, unreadable, or lacks the
-    tensors its metadata promises.
-    """
-    path = Path(path)
-    remedy = "rerun the probe rule (`dead-directions probe`)"
-    meta, tensors = _read_safetensors(path, "probe data", remedy)
-    if meta.get("kind") == "tensor":
-        if "input" not in tensors:
-            raise ValueError(
-                f"probe data {path} says it holds one tensor but has no tensor 'input' "
-                f"(found {sorted(tensors)}); {remedy}."
-            )
-        inputs = tensors["input"]
-    else:
-        if not tensors:
-            raise ValueError(f"probe data {path} holds no tensors; {remedy}.")
-        inputs = tensors
-    return inputs, meta.get("sha256") or probe_hash(inputs)
-
-
-def check_probe(model, inputs, path) -> None:
-    """Run ``model`` on the first probe input: ``ValueError`` naming the probe file when the
-    model cannot take it (wrong feature size, dtype or keys) instead of a shape error deep
-    in the read."""
-    import torch
-
-    from dead_directions.core.fisher import iter_batches
-
-    dtype = next((p.dtype for p in model.parameters()), torch.float64)
-
-    def cast(t):
-        return t.to(dtype) if t.is_floating_point() else t
-
-    try:
-        args, kwargs = next(iter_batches(inputs, batch_size=1))
-        with torch.no_grad():
-            model(*map(cast, args), **{k: cast(v) for k, v in kwargs.items()})
-    except Exception as err:  # any failure here means this probe does not fit this model
-        shapes = (
-            {k: tuple(v.shape) for k, v in inputs.items()}
-            if isinstance(inputs, Mapping)
-            else tuple(inputs.shape)
-        )
-        raise ValueError(
-            f"probe data {path} (shape {shapes}) does not fit the model ({type(err).__name__}: "
-            f"{err}); make it with `dead-directions probe` for this family."
-        ) from None
-
-
-def probe_hash(inputs) -> str:
-    """sha256 over names, dtypes, shapes and bytes of the probe tensors."""
-    tensors = {"input": inputs} if not isinstance(inputs, Mapping) else dict(inputs)
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
-
-
-def _jsonable(x):
-    if isinstance(x, float) and math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    if isinstance(x, float) and math.isnan(x):
-        return "nan"
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, int | float | str | bool) or x is None:
-        return x
-    return str(x)
-
-
-def _float(x):
-    return None if x is None else float(x)
-
-
-def save_directions(directions, path: str | os.PathLike, info: Mapping | None = None) -> None:
-    """Save ``dd.Direction``s (vectors and bases as tensors, the rest as JSON metadata)."""
-    from safetensors.torch import save_file
-
-    tensors, records = {}, []
-    for i, d in enumerate(directions):
-        # clone: detectors may share tensors between directions (one base per layer), and
-        # safetensors refuses tensors that share memory
-        for name, value in d.vector.items():
-            tensors[f"{i:05d}.vector.{name}"] = value.detach().cpu().clone().contiguous()
-        for name, value in (d.base or {}).items():
-            tensors[f"{i:05d}.base.{name}"] = value.detach().cpu().clone().contiguous()
-        records.append(
-            {
-                "name": d.name,
-                "layer": d.layer,
-                "detector": d.detector,
-                "predicted_kind": d.predicted_kind,
-                "predicted_order": _jsonable(_float(d.predicted_order)),
-                "scale": d.scale,
-                "base": bool(d.base),
-                "meta": _jsonable(dict(d.meta)),
-            }
-        )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    meta = {"directions": json.dumps(records), "info": json.dumps(_jsonable(dict(info or {})))}
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
-
-
-def load_directions(path: str | os.PathLike) -> list:
-    """Directions saved by :func:`save_directions`.
-
-    Raises ``ValueError`` naming the file when it is missing, unreadable, or its records and
-    tensors do not match.
-    """
-    from dead_directions.core.direction import Direction
-
-    path = Path(path)
-    remedy = "rerun the detect rule (`dead-directions detect`) for this cell"
-    meta, tensors = _read_safetensors(path, "directions file", remedy)
-    try:
-        records = json.loads(meta["directions"])
-        if not isinstance(records, list):
-            raise TypeError("the record list is not a list")
-    except (KeyError, ValueError, TypeError) as err:
-        raise ValueError(
-            f"directions file {path} has no valid 'directions' metadata ({err!r}); {remedy}."
-        ) from None
-    out, bases = [], {}
-    for i, rec in enumerate(records):
-        prefix_v, prefix_b = f"{i:05d}.vector.", f"{i:05d}.base."
-        vector = {k[len(prefix_v) :]: v for k, v in tensors.items() if k.startswith(prefix_v)}
-        base = {k[len(prefix_b) :]: v for k, v in tensors.items() if k.startswith(prefix_b)}
-        try:
-            if not vector:
-                raise KeyError(f"no tensors {prefix_v}*")
-            # equal bases become one object again: dd.read_many streams directions that
-            # share a base object together (one forward pass per batch for all of them)
-            digest = hashlib.sha256()
-            for k in sorted(base):
-                digest.update(k.encode() + base[k].numpy().tobytes())
-            base = bases.setdefault(digest.hexdigest(), base)
-            po = rec["predicted_order"]
-            out.append(
-                Direction(
-                    name=rec["name"],
-                    layer=rec["layer"],
-                    vector=vector,
-                    detector=rec["detector"],
-                    predicted_kind=rec["predicted_kind"],
-                    predicted_order=None if po is None else float(po),
-                    base=base if rec["base"] else None,
-                    scale=float(rec["scale"]),
-                    meta=rec.get("meta") or {},
-                )
-            )
-        except (KeyError, ValueError, TypeError) as err:
-            raise ValueError(
-                f"directions file {path}: direction {i} is malformed ({err}); {remedy}."
-            ) from None
-    return out
-
-
-def check_directions(directions, model, path) -> None:
-    """``ValueError`` naming the directions file when a direction moves a tensor the model
-    does not have, or has another shape than the model's."""
-    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
-    for d in directions:
-        for name, value in {**d.vector, **(d.base or {})}.items():
-            if name not in shapes:
-                raise ValueError(
-                    f"directions file {path}: direction {d.name!r} moves {name!r}, which is "
-                    "not a parameter of the model; was it detected on another checkpoint?"
-                )
-            if tuple(value.shape) != shapes[name]:
-                raise ValueError(
-                    f"directions file {path}: direction {d.name!r} has {name!r} of shape "
-                    f"{tuple(value.shape)}, the model's is {shapes[name]}; rerun the detect "
-                    "rule for this cell."
-                )
-
-
-def cap_directions(directions: Sequence, limit: int) -> tuple[list, int]:
-    """At most ``limit`` directions, taken round-robin over detectors in their order."""
-    if len(directions) <= limit:
-        return list(directions), 0
-    queues: dict[str, list] = {}
-    for d in directions:
-        queues.setdefault(d.detector, []).append(d)
-    kept: list = []
-    while len(kept) < limit:
-        for q in queues.values():
-            if q and len(kept) < limit:
-                kept.append(q.pop(0))
-    order = {id(d): i for i, d in enumerate(directions)}
-    kept.sort(key=lambda d: order[id(d)])
-    return kept, len(directions) - limit
-
-
 # --------------------------------------------------------------------------------------
 # Models
 # --------------------------------------------------------------------------------------
 
 
-def family(name: str, spec: str | Mapping | None = None):
-    """The family of a job: the family declared by ``spec`` (its config entry, a mapping or
-    its JSON text; ``dd.declared``), else the zoo family ``name``."""
-    from dead_directions.zoo import declared
-
-    if isinstance(spec, str):
-        try:
-            spec = json.loads(spec) if spec.strip() else None
-        except json.JSONDecodeError as err:
-            raise ValueError(f"--spec: not valid JSON ({err}).") from None
-    return declared.resolve(name, spec)
-
-
-def load_model(
-    checkpoint: str | os.PathLike,
-    family_name: str,
-    size: str | None = None,
-    *,
-    override_family: bool = False,
-    fam=None,
-):
-    """``(model, meta)`` of a checkpoint of ``family_name``; ``ValueError`` names the cause.
-
-    ``fam``: a declared family (``dd.declared.DeclaredFamily``) loads with its own builder;
-    otherwise ``dd.checkpoints.load`` with the family's name. A checkpoint whose sidecar
-    names another family is refused unless ``override_family``; NaN or infinite weights are
-    refused.
-    """
-    from dead_directions.io import checkpoints
-    from dead_directions.zoo import declared
-
-    path = Path(checkpoint)
-    if not path.exists():
-        raise ValueError(f"checkpoint {path} does not exist.")
-    if isinstance(fam, declared.DeclaredFamily):
-        model, meta = fam.load(path, size)
-    else:
-        model, meta = checkpoints.load(
-            path, family=family_name, size=size, override_family=override_family
-        )
-    for name, value in model.named_parameters():
-        bad = int((~value.detach().isfinite()).sum())
-        if bad:
-            raise ValueError(
-                f"checkpoint {path}: parameter {name!r} has {bad} NaN or infinite entries of "
-                f"{value.numel()}; the checkpoint is corrupt or training diverged."
-            )
-    return model, meta
-
-
-def resolve_device(device: str = "auto"):
-    """The torch device for ``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda[:N]``.
-
-    Raises ``ValueError`` for a device name torch does not know or a CUDA device this
-    machine does not have.
-    """
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        chosen = torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"--device {device!r}: not a device name ({err}).") from None
-    if chosen.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if (chosen.index or 0) >= count:
-            raise ValueError(
-                f"--device {device}: this machine has {count} CUDA device(s); use auto (CUDA "
-                "when present, else CPU) or cpu."
-            )
-    return chosen
-
-
-def _torch_dtype(name: str):
-    """``None`` for ``"auto"`` (the device decides), else the torch dtype."""
-    import torch
-
-    if name not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {name!r}.")
-    return None if name == "auto" else getattr(torch, name)
-
-
 def _threads(n: int | None) -> None:
-    import torch
 
     if n:
         torch.set_num_threads(int(n))
@@ -380,7 +62,6 @@ def _threads(n: int | None) -> None:
 
 
 def _sidecar_matches(path: Path, family_name: str, size: str, seed: int, tiny: bool) -> bool:
-    from dead_directions.io import checkpoints
 
     try:
         meta = checkpoints.read_meta(path)
@@ -406,7 +87,6 @@ def cmd_checkpoints(args) -> int:
     root = Path(args.root)
     fam = family(args.family, args.spec)
     missing: list[int] = []
-    from dead_directions.zoo.declared import DeclaredFamily
 
     if isinstance(fam, DeclaredFamily):
         on_disk = fam.steps_on_disk(args.size)
@@ -429,8 +109,6 @@ def cmd_checkpoints(args) -> int:
             steps[int(step)] = path
         how = "registered"
     else:
-        from dead_directions import zoo
-
         fam = family(args.family)
         save = sorted(set(args.save or fam.default_steps(args.tiny)))
         paths = {s: root / args.family / args.size / f"step{s:07d}.safetensors" for s in save}
@@ -463,7 +141,6 @@ def cmd_checkpoints(args) -> int:
 
 def cmd_probe(args) -> int:
     """Draw a family's probe inputs and save them (with their hash)."""
-    from dead_directions.zoo.declared import DeclaredFamily
 
     fam = family(args.family, args.spec)
     if isinstance(fam, DeclaredFamily):
@@ -477,7 +154,6 @@ def cmd_probe(args) -> int:
 
 def cmd_layers(args) -> int:
     """Write the layer names a sweep fans out over for one family and size (JSON list)."""
-    from dead_directions import detectors
 
     _threads(args.threads)
     fam = family(args.family, args.spec)
@@ -509,11 +185,10 @@ def detect_cell(
 
     The detectors see only the fit part of the probe (:func:`dead_directions.split_probe`):
     the read holds the rest out to confirm every gauge verdict (METHOD §3 rule 1)."""
-    import dead_directions as dd
 
-    found = dd.detect(
+    found = detectors.detect(
         model,
-        dd.split_probe(inputs)[0],
+        split_probe(inputs)[0],
         detectors=detectors,
         layers=[module_name(layer)],
         max_per_layer=max_per_layer,
@@ -589,13 +264,12 @@ def measure_cell(model, inputs, directions, fam, radii, *, device, dtype, seed=0
     ``dtype=None`` lets the device choose (float32 with a float64 spot check on CUDA,
     float64 on CPU). Returns ``(reads, spot check or None, device name, dtype name)``.
     """
-    import dead_directions as dd
 
     if not directions:
         name = "float64" if dtype is None else str(dtype).replace("torch.", "")
         return [], None, str(device), name
     model = model.to(device=device)
-    return dd.read_on_device(
+    return read_on_device(
         model,
         inputs,
         directions,
@@ -611,7 +285,6 @@ def measure_cell(model, inputs, directions, fam, radii, *, device, dtype, seed=0
 def layer_dead_dimension(model, inputs, fam, layer: str):
     """The dead dimension of a sweep layer (``dd.dead_dimension``, float64 on the CPU,
     before the read moves the model), or None for a layer without parameters of its own."""
-    from dead_directions.analysis.dead_dimension import dead_dimension
 
     name = module_name(layer)
     modules = dict(model.named_modules())
@@ -627,7 +300,7 @@ def measure_and_write(model, inputs, digest, directions, fam, key, args, started
     cell's work began (its wall time)."""
     lay = store.layout(args.store)
     device = resolve_device(args.device)
-    dtype = _torch_dtype(args.dtype)
+    dtype = torch_dtype(args.dtype)
     dead = layer_dead_dimension(model, inputs, fam, key.layer)
     reads, check, device_name, dtype_name = measure_cell(
         model, inputs, directions, fam, lay.radii, device=device, dtype=dtype, seed=args.seed
@@ -679,8 +352,6 @@ def cmd_measure_checkpoint(args) -> int:
     are saved under ``--directions-dir`` and written as its own store cell, exactly as the
     per-layer `detect` and `measure` jobs do; then the checkpoint's marker is written."""
     from tqdm.auto import tqdm
-
-    from dead_directions.core.read import on_terminal
 
     started = time.perf_counter()
     _threads(args.threads)
@@ -774,7 +445,6 @@ def _dask_spec(text: str):
 
 def cmd_aggregate(args) -> int:
     """Summarise the completed cells of the store with dask; write the tidy CSV."""
-    from dead_directions.analysis.aggregate import aggregate
 
     started = time.perf_counter()
     frame = aggregate(args.store, _dask_spec(args.dask))
@@ -797,7 +467,6 @@ def _summary(path):
 
 def cmd_tables(args) -> int:
     """Write step × size tables (CSV and Markdown) for the given families."""
-    from dead_directions.analysis.aggregate import write_tables
 
     frame = _summary(args.summary)
     if args.family:
@@ -809,7 +478,6 @@ def cmd_tables(args) -> int:
 
 def cmd_figures(args) -> int:
     """Draw one family's figures (order heatmap, counts and λ, rate curves)."""
-    from dead_directions.analysis.report import figures
 
     frame = _summary(args.summary)
     checkpoint = None
@@ -823,7 +491,6 @@ def cmd_figures(args) -> int:
 
 def cmd_report(args) -> int:
     """Write the report (Markdown and HTML) from the summary and the figures."""
-    from dead_directions.analysis.report import write_report
 
     frame = _summary(args.summary)
     dirs = dict(item.split("=", 1) for item in args.figures or [])
@@ -835,7 +502,6 @@ def cmd_report(args) -> int:
 def cmd_check_family(args) -> int:
     """Check a declared family on one of its checkpoints before a sweep runs (the workflow
     calls this when it starts): builder, probe, output and layer patterns."""
-    from dead_directions.zoo import declared
 
     fam = declared.DeclaredFamily.from_config(args.family, json.loads(args.spec))
     layers = declared.check(fam, args.size, args.step)
@@ -865,9 +531,6 @@ def cmd_read(args) -> int:
     """Detect and read the directions of one checkpoint; print a table; optionally store."""
     from tabulate import tabulate
 
-    from dead_directions import detectors
-    from dead_directions.cli import _fmt
-
     started = time.perf_counter()
     _threads(args.threads)
     spec = _read_spec(args)
@@ -889,7 +552,7 @@ def cmd_read(args) -> int:
         inputs = fam.probe(n=args.probe_n, seed=args.seed)
     select = getattr(fam, "select_layers", detectors.layers)
     layers = args.layers or [sweep_layer(n) for n in select(model)]
-    device, dtype = resolve_device(args.device), _torch_dtype(args.dtype)
+    device, dtype = resolve_device(args.device), torch_dtype(args.dtype)
     radii, limit = None, None
     if args.store:
         lay = (
@@ -906,8 +569,6 @@ def cmd_read(args) -> int:
     )
     rows, per_layer = [], {}
     from tqdm.auto import tqdm
-
-    from dead_directions.core.read import on_terminal
 
     for layer in tqdm(layers, desc="layers", unit="layer", disable=not on_terminal()):
         found, _ = detect_cell(

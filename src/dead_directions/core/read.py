@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from dead_directions.core.allocator import retain_freed_memory
+from dead_directions.core.assembly import nu_of_read
 from dead_directions.core.correctability import CORRECTION_FRACTION, RhoFit, heldout_rho, rho_fits
 from dead_directions.core.direction import Direction, as_direction, normalise, validate_offsets
 from dead_directions.core.fisher import (
@@ -96,7 +97,6 @@ class Read:
     def nu(self) -> float:
         """Singular fluctuation ν(k) of the direction (METHOD §6): regular ½, gauge 0,
         singular ν(k) for the integer k within 0.1 of k̂ (k ≤ 6), else NaN."""
-        from dead_directions.core.assembly import nu_of_read
 
         return nu_of_read(self.kind, self.order)[0]
 

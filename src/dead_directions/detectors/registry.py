@@ -12,6 +12,7 @@ import torch
 from dead_directions.core.direction import Direction
 from dead_directions.core.fisher import Batch, FunctionalModel, iter_batches, prepare_batch
 from dead_directions.core.likelihood import Likelihood, get_likelihood
+from dead_directions.detectors.structure import trace
 
 DTYPE = torch.float64
 
@@ -134,7 +135,6 @@ class Context:
 
     @cached_property
     def structure(self):
-        from dead_directions.detectors.structure import trace
 
         return trace(self)
 

@@ -11,9 +11,14 @@ import string
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
+
+from dead_directions.nn.surgery import narrow_to_shapes
 
 SIDECAR_SUFFIX = ".json"
 # Sidecar keys left out of the safetensors header so that two runs give identical bytes.
@@ -87,7 +92,6 @@ def save(model: nn.Module | Mapping[str, torch.Tensor], path, meta: Mapping | No
     ``"dead_directions"``; the tensor file is therefore byte-identical for identical
     weights and metadata. Both files are written atomically. Returns ``path``.
     """
-    from safetensors.torch import save_file
 
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -117,8 +121,6 @@ def read_meta(path) -> dict:
         except (OSError, ValueError) as err:
             raise CheckpointError(side, f"the JSON sidecar is unreadable ({err}).") from err
     if path.suffix == ".safetensors" and path.is_file():
-        from safetensors import safe_open
-
         try:
             with safe_open(str(path), "pt") as f:
                 header = f.metadata() or {}
@@ -151,7 +153,6 @@ def _hf_weight_files(directory: Path) -> list[Path]:
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
 
     try:
         return load_file(str(path))
@@ -239,6 +240,25 @@ def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], path, label: 
 # ------------------------------------------------------------------------------- builders
 Builder = Callable[[str], nn.Module]
 BUILDERS: dict[str, Builder] = {}
+# Model families a checkpoint may name: objects with ``name``, ``sizes`` and
+# ``build(size)`` (the zoo's families). The zoo registers its own when it is imported (and
+# the package imports the zoo), so this I/O layer never imports the zoo above it.
+FAMILIES: dict[str, Any] = {}
+
+
+def register_family(family: Any) -> Any:
+    """Register ``family`` (``name``, ``sizes``, ``build(size)``) for :func:`load` and
+    :func:`get_builder`; returns it."""
+    FAMILIES[family.name] = family
+    return family
+
+
+def get_family(name: str) -> Any:
+    """The registered family ``name``; ``ValueError`` listing the known ones otherwise."""
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise ValueError(f"unknown family {name!r}; known: {', '.join(FAMILIES)}.") from None
 
 
 def register_builder(name: str) -> Callable[[Builder], Builder]:
@@ -266,11 +286,9 @@ def get_builder(name: str | Builder, *, allow_import: bool = True) -> Builder:
         raise ValueError(f"builder must be a name or a callable, got {type(name).__name__}.")
     if name in BUILDERS:
         return BUILDERS[name]
-    from dead_directions import zoo
-
-    if name in zoo.FAMILIES:
-        return zoo.FAMILIES[name].build
-    known = sorted({*BUILDERS, *zoo.FAMILIES})
+    if name in FAMILIES:
+        return FAMILIES[name].build
+    known = sorted({*BUILDERS, *FAMILIES})
     if ":" in name and not allow_import:
         raise ValueError(
             f"builder {name!r} comes from a file and names a Python import; builders read "
@@ -362,16 +380,14 @@ def load(
     if builder is not None:
         build = get_builder(builder)
         label = getattr(builder, "__name__", str(builder))
-    elif isinstance(family, str) and family not in _zoo_families():
+    elif isinstance(family, str) and family not in FAMILIES:
         try:
             build = get_builder(family, allow_import=not from_file)
         except ValueError as err:
             raise CheckpointError(path, str(err)) from None
         label = f"builder {family!r}"
     elif family is not None:
-        from dead_directions import zoo
-
-        fam = zoo.get_family(family) if isinstance(family, str) else family
+        fam = get_family(family) if isinstance(family, str) else family
         build, label = fam.build, f"family {fam.name!r}"
         size = size if size is not None else (fam.sizes[0] if len(fam.sizes) == 1 else None)
     else:
@@ -395,8 +411,6 @@ def load(
     if shapes:
         # a pruned checkpoint (dead_directions.prune.save_pruned): narrow the built model's
         # Linear/Conv/BatchNorm modules to the saved shapes, then load strictly as usual
-        from dead_directions.prune import narrow_to_shapes
-
         if not isinstance(shapes, Mapping):
             raise CheckpointError(path, "the sidecar's pruned.shapes is not a mapping.")
         try:
@@ -407,12 +421,6 @@ def load(
     load_into(model, state, path, label)
     meta.update(path=str(path), format=fmt)
     return model.eval(), meta
-
-
-def _zoo_families() -> dict:
-    from dead_directions import zoo
-
-    return zoo.FAMILIES
 
 
 # ------------------------------------------------------------------------------ external

@@ -74,6 +74,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from dead_directions.core.assembly import nu_of_read
+from dead_directions.core.read import DEFAULT_RADII
+from dead_directions.version import __version__
 
 STORE_VERSION = 1
 DEFAULT_MAX_DIRECTIONS = 64
@@ -167,11 +172,8 @@ class Provenance:
 
         ``spot_check``: the ``dd.SpotCheck`` of a lower-precision read, if any.
         """
-        from dead_directions.version import __version__
 
         try:
-            import torch
-
             torch_version = torch.__version__
         except ImportError:  # pragma: no cover - torch is a dependency
             torch_version = ""
@@ -610,7 +612,6 @@ def init(
     identity (:func:`store_id`); a ledger left by a deleted or replaced store at the same
     path is moved aside (``PATH.ledger.stale-…``) before the new ledger is started.
     """
-    from dead_directions.core.read import DEFAULT_RADII
 
     wanted = Layout(max_directions, tuple(DEFAULT_RADII if radii is None else radii))
     path = Path(path)
@@ -787,7 +788,6 @@ def _register(path: Path, key: CellKey) -> tuple[int, dict]:
 
 def _cell_values(reads: Sequence, layout_: Layout, key: CellKey) -> dict[str, np.ndarray]:
     """Arrays for one cell's chunks (shapes without the cell dim), padded to capacity."""
-    from dead_directions.core.assembly import nu_of_read
 
     D, R = layout_.max_directions, len(layout_.radii)
     grid = np.asarray(layout_.radii)

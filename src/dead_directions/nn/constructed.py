@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from dead_directions.core.direction import Direction
+from dead_directions.core.read import read
 
 DTYPE = torch.float64
 
@@ -26,7 +27,6 @@ class Cell:
     likelihood: str = "gaussian"
 
     def read(self, **options):
-        from dead_directions.core.read import read
 
         return read(self.model, self.inputs, self.direction, likelihood=self.likelihood, **options)
 
@@ -485,6 +485,3 @@ def _row(weight: torch.Tensor, j: int, axis: int) -> torch.Tensor:
     index[axis] = j
     out[tuple(index)] = weight.detach()[tuple(index)]
     return out
-
-
-from dead_directions.nn.constructed_assembly import AssemblyCell, assembly_cells  # noqa: E402, F401  (METHOD §6)

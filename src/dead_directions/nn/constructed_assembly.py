@@ -27,6 +27,7 @@ from dead_directions.core.assembly import (
     rrr_lambda,
 )
 from dead_directions.core.direction import Direction
+from dead_directions.core.read import read_many
 from dead_directions.nn.constructed import DTYPE, Linear
 
 #: Radii of the assembly reads (17 log-spaced points, 1e-6 … 1e-2): small enough that a
@@ -91,7 +92,6 @@ class AssemblyCell:
 
     def read(self, **options):
         """``dd.read_many`` of the cell's directions (options pass through)."""
-        from dead_directions.core.read import read_many
 
         options.setdefault("radii", self.radii)
         return read_many(
@@ -266,7 +266,6 @@ def blind_assemble(
     ``(reads, Assembly)`` with ``Assembly.mode == "blind"``; raises ``ValueError`` for an
     unknown ``basis``.
     """
-    from dead_directions.core.read import read_many
 
     if basis not in BASES:
         raise ValueError(f"basis must be one of {BASES}, got {basis!r}.")

@@ -18,6 +18,7 @@ from torch import nn
 
 from dead_directions.io import checkpoints
 from dead_directions.nn.models import DTYPE, MLP, ConvNet, DecoderTransformer, ViT, activation_order
+from dead_directions.version import __version__
 from dead_directions.zoo import minilm
 
 # Data splits and the teacher are fixed by this seed; a run's ``seed`` moves only the
@@ -420,7 +421,6 @@ def _train_run(
 
 
 def _version() -> str:
-    from dead_directions.version import __version__
 
     return __version__
 
@@ -577,12 +577,15 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+for _family in FAMILIES.values():
+    checkpoints.register_family(_family)  # checkpoints name their family (io.checkpoints)
+
+
 def get_family(name: str) -> Family:
     """The zoo family ``name``; ``ValueError`` listing the known ones otherwise."""
-    try:
-        return FAMILIES[name]
-    except KeyError:
-        raise ValueError(f"unknown family {name!r}; known: {', '.join(FAMILIES)}.") from None
+    if name not in FAMILIES:
+        return checkpoints.get_family(name)  # raises, listing the known ones
+    return FAMILIES[name]
 
 
 def trainable() -> list[str]:

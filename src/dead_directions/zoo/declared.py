@@ -29,9 +29,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
+from dead_directions import detectors, zoo
 from dead_directions.io import checkpoints
 from dead_directions.io.layout import Layout, LayoutError, parse_layout
 
@@ -192,7 +195,6 @@ class DeclaredFamily:
     def select_layers(self, model: nn.Module) -> list[str]:
         """The sweep layers of ``model``: ``dd.detectors.layers(model)`` (auto), or those
         matching a pattern; ``DeclarationError`` for a pattern that matches none."""
-        from dead_directions import detectors
 
         names = detectors.layers(model)
         if self.layer_patterns is None:
@@ -333,13 +335,9 @@ def _first(inputs, n: int | None):
 
 def _tensor_probe(path: Path):
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         tensors = load_file(str(path))
         return tensors["input"] if set(tensors) == {"input"} else tensors
     if path.suffix == ".npy":
-        import numpy as np
-
         return torch.from_numpy(np.load(path, allow_pickle=False))
     obj = torch.load(str(path), map_location="cpu", weights_only=True)
     if not isinstance(obj, torch.Tensor | Mapping):
@@ -350,7 +348,6 @@ def _tensor_probe(path: Path):
 def _image_probe(path: Path) -> torch.Tensor:
     if path.is_file():
         return _tensor_probe(path)
-    import numpy as np
     from PIL import Image
 
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -387,7 +384,6 @@ def resolve(name: str, spec: Mapping | None):
     else the zoo family ``name``."""
     if spec and is_declared(spec):
         return DeclaredFamily.from_config(name, spec)
-    from dead_directions import zoo
 
     return zoo.get_family(name)
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dead_directions.io.checkpoints import load_into, load_state
+
 SIZE = "L6"
 MAX_LENGTH = 32
 
@@ -72,7 +74,6 @@ def build(size: str = SIZE, seed: int = 0) -> nn.Module:
 
 def load(dtype: torch.dtype = torch.float64) -> nn.Module:
     """The pretrained all-MiniLM-L6-v2 (``BertModel``) in ``dtype``, eager attention, eval mode."""
-    from dead_directions.io.checkpoints import load_into, load_state
 
     model = build(SIZE)
     load_into(model, load_state(weights_path()), weights_path(), "all-MiniLM-L6-v2")
