@@ -23,8 +23,7 @@ from dead_directions.core.assembly import assemble, nu
 from dead_directions.core.direction import Direction
 from dead_directions.core.read import read_many
 from dead_directions.io import checkpoints
-from dead_directions.nn.constructed import assembly_cells
-from dead_directions.nn.constructed_assembly import full_basis
+from dead_directions.nn.constructed_assembly import assembly_cells, full_basis
 
 # devinterp's LLC is nβ·(E_chain[L_n] − L_n(w*)), L_n the mean per-sample NLL on n data.
 N_DATA = 1024  # 32 batches of 32: devinterp's init loss (32 batches) is then exactly L_n(w*)
