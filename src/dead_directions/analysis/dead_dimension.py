@@ -123,10 +123,10 @@ def exact_count(ctx, layer: str, rtol: float = RTOL, chunk: int = 64) -> tuple[i
 
 def kfac_count(ctx, layer: str, rtol: float = RTOL) -> tuple[int, int, int] | None:
     """``(d_A d_G − rank A · rank G, rows of A, rank cap)`` of a Linear/Conv2d layer, or
-    None where K-FAC does not apply (``detectors.kfac._applies``)."""
+    None where K-FAC does not apply (``detectors.kfac.applies``)."""
 
     module = ctx.modules[layer]
-    if not kfac._applies(module):
+    if not kfac.applies(module):
         return None
     fac = kfac.factors(ctx, [layer]).get(layer)
     if fac is None:

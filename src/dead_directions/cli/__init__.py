@@ -14,13 +14,13 @@ from dead_directions.nn.constructed import read_cells
 # ``add_parser(subparsers)`` which registers its command and sets ``func``.
 COMMAND_MODULES = [
     "dead_directions.cli",
-    "dead_directions.analysis.llc_compare",
+    "dead_directions.cli.compare",
     "dead_directions.cli.sweep",
 ]
 COMMAND_MODULES += ["dead_directions.analysis.recovery"]  # detector recovery rates
 COMMAND_MODULES += ["dead_directions.cli.prune"]  # prune read-confirmed dead/duplicate units
-COMMAND_MODULES += ["dead_directions.zoo"]  # train: the model zoo
-COMMAND_MODULES += ["dead_directions.analysis.timing"]  # a sweep's time split across rules
+COMMAND_MODULES += ["dead_directions.cli.zoo"]  # train: the model zoo
+COMMAND_MODULES += ["dead_directions.cli.timing"]  # a sweep's time split across rules
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:
@@ -33,7 +33,7 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
 
 
-def cmd_cells(args) -> int:
+def cmd_constructed(args) -> int:
     """Read every constructed cell and print predicted vs measured kind and order."""
     from tabulate import tabulate
 
@@ -65,11 +65,14 @@ def cmd_cells(args) -> int:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("cells", help="read every constructed cell; print predicted vs measured")
+    p = sub.add_parser(
+        "constructed",
+        help="read every constructed model with a known answer; print predicted vs measured",
+    )
     p.add_argument("--inputs", type=int, default=512, help="Gaussian probe inputs per cell")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", default="github", help="tabulate table format")
-    p.set_defaults(func=cmd_cells)
+    p.set_defaults(func=cmd_constructed)
 
 
 def build_parser() -> argparse.ArgumentParser:

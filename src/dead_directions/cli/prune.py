@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from dead_directions.analysis.prune_tables import load_records, write_prune_tables
-from dead_directions.io import checkpoints
+from dead_directions.io import files
 from dead_directions.prune import prune_checkpoint, removable_record, save_pruned
 
 
@@ -104,11 +103,7 @@ def cmd_removable(args) -> int:
             f"removable ({record['units_removed']} units removed, {record['units_merged']} "
             f"merged) in {record['seconds']:.1f} s"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    text = json.dumps(checkpoints._clean(records), indent=1, sort_keys=True)  # NaN -> null
-    tmp.write_text(text + "\n")
-    tmp.replace(out)
+    files.write_text_atomic(out, files.dumps(records, indent=1, sort_keys=True) + "\n")
     print(f"{len(records)} records -> {out}")
     return 0
 

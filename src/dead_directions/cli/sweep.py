@@ -20,7 +20,7 @@ from dead_directions.analysis.report import figures, write_report
 from dead_directions.cli import _fmt
 from dead_directions.core.device import DTYPES, resolve_device, torch_dtype
 from dead_directions.core.read import on_terminal, read_on_device, split_probe
-from dead_directions.io import checkpoints, store
+from dead_directions.io import checkpoints, files, store
 from dead_directions.io.artefacts import (
     cap_directions,
     check_directions,
@@ -391,7 +391,7 @@ def cmd_measure_checkpoint(args) -> int:
         "cells": cells,
         "seconds": time.perf_counter() - started,
     }
-    store.write_text_atomic(Path(args.marker), json.dumps(record, indent=1) + "\n")
+    files.write_text_atomic(Path(args.marker), json.dumps(record, indent=1) + "\n")
     print(
         f"{args.family}/{args.size}/step{args.step}: {len(cells)} layers in "
         f"{time.perf_counter() - started:.1f} s"
@@ -427,7 +427,7 @@ def cmd_init_store(args) -> int:
             "max_directions": lay.max_directions,
             "radii": lay.radii,
         }
-        store.write_text_atomic(Path(args.marker), json.dumps(record) + "\n")
+        files.write_text_atomic(Path(args.marker), json.dumps(record) + "\n")
     print(f"store {args.store}: max_directions {lay.max_directions}, {len(lay.radii)} radii")
     return 0
 

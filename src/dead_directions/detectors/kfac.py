@@ -13,7 +13,7 @@ from dead_directions.detectors.common import Timer, direction, used
 from dead_directions.detectors.registry import register
 
 
-def _applies(module: nn.Module) -> bool:
+def applies(module: nn.Module) -> bool:
     weight = getattr(module, "weight", None)
     if isinstance(weight, torch.Tensor) and weight.numel() == 0:
         return False  # pruned to width 0: no factors
@@ -161,7 +161,7 @@ def kfac(ctx, layer: str):
     for are accumulated together over the probe batches; ``meta`` has the cost.
     """
     module = ctx.modules[layer]
-    if not _applies(module):
+    if not applies(module):
         return []
     prefix = f"{layer}."
     if not used(ctx, [prefix + "weight"]):
@@ -172,7 +172,7 @@ def kfac(ctx, layer: str):
         planned = [
             name
             for name in getattr(ctx, "plan", {}).get("kfac", [layer])
-            if name in ctx.modules and _applies(ctx.modules[name])
+            if name in ctx.modules and applies(ctx.modules[name])
         ]
         if layer not in planned:
             planned.append(layer)

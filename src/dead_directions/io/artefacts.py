@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,6 +15,7 @@ from safetensors.torch import save_file
 
 from dead_directions.core.direction import Direction
 from dead_directions.core.fisher import iter_batches
+from dead_directions.io import files
 
 # The sweep's name for the root module ('' in named_modules(), which owns parameters such
 # as a positional embedding): '' cannot be a path component or a store label.
@@ -38,15 +38,9 @@ def save_probe(inputs, path: str | os.PathLike) -> str:
     tensors = {"input": inputs} if not isinstance(inputs, Mapping) else dict(inputs)
     kind = "tensor" if not isinstance(inputs, Mapping) else "dict"
     digest = probe_hash(inputs)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(
-        {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-        str(tmp),
-        metadata={"kind": kind, "sha256": digest},
-    )
-    os.replace(tmp, path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    metadata = {"kind": kind, "sha256": digest}
+    files.atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     return digest
 
 
@@ -127,20 +121,6 @@ def probe_hash(inputs) -> str:
     return h.hexdigest()
 
 
-def _jsonable(x):
-    if isinstance(x, float) and math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    if isinstance(x, float) and math.isnan(x):
-        return "nan"
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, int | float | str | bool) or x is None:
-        return x
-    return str(x)
-
-
 def _float(x):
     return None if x is None else float(x)
 
@@ -162,18 +142,14 @@ def save_directions(directions, path: str | os.PathLike, info: Mapping | None = 
                 "layer": d.layer,
                 "detector": d.detector,
                 "predicted_kind": d.predicted_kind,
-                "predicted_order": _jsonable(_float(d.predicted_order)),
+                "predicted_order": files.to_json(_float(d.predicted_order)),
                 "scale": d.scale,
                 "base": bool(d.base),
-                "meta": _jsonable(dict(d.meta)),
+                "meta": files.to_json(dict(d.meta)),
             }
         )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    meta = {"directions": json.dumps(records), "info": json.dumps(_jsonable(dict(info or {})))}
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    meta = {"directions": files.dumps(records), "info": files.dumps(dict(info or {}))}
+    files.atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def load_directions(path: str | os.PathLike) -> list:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
 import os
 import re
 import string
@@ -18,6 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from dead_directions.io import files
 from dead_directions.nn.surgery import narrow_to_shapes
 
 SIDECAR_SUFFIX = ".json"
@@ -48,40 +48,10 @@ def sidecar_path(path: str | os.PathLike) -> Path:
     return Path(path).with_suffix(SIDECAR_SUFFIX)
 
 
-def _json_default(value):
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, tuple | set):
-        return list(value)
-    if hasattr(value, "item"):
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def _clean(value):
-    """JSON-safe copy: non-finite floats become None (strict JSON has no NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
-
-
 def dumps(meta: Mapping) -> str:
-    """Canonical JSON of a metadata mapping (sorted keys, NaN → null)."""
-    return json.dumps(_clean(dict(meta)), sort_keys=True, indent=2, default=_json_default)
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """Canonical JSON of a metadata mapping (sorted keys; non-finite numbers as
+    :func:`dead_directions.io.files.to_json` writes them)."""
+    return files.dumps(dict(meta), sort_keys=True, indent=2)
 
 
 def save(model: nn.Module | Mapping[str, torch.Tensor], path, meta: Mapping | None = None) -> Path:
@@ -104,9 +74,9 @@ def save(model: nn.Module | Mapping[str, torch.Tensor], path, meta: Mapping | No
     # One header key only: safetensors writes its metadata map in hash order, so two keys
     # would make the bytes differ between processes.
     header = {"dead_directions": dumps(header_meta)}
-    _atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
+    files.atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
     text = dumps(meta) + "\n"
-    _atomic_write(sidecar_path(path), lambda tmp: tmp.write_text(text))
+    files.write_text_atomic(sidecar_path(path), text)
     return path
 
 
@@ -117,7 +87,7 @@ def read_meta(path) -> dict:
     side = sidecar_path(path)
     if path.suffix != SIDECAR_SUFFIX and side.is_file():
         try:
-            return json.loads(side.read_text())
+            return files.loads(side.read_text())
         except (OSError, ValueError) as err:
             raise CheckpointError(side, f"the JSON sidecar is unreadable ({err}).") from err
     if path.suffix == ".safetensors" and path.is_file():
@@ -128,7 +98,7 @@ def read_meta(path) -> dict:
             raise CheckpointError(path, f"not a readable safetensors file ({err}).") from err
         if "dead_directions" in header:
             try:
-                return json.loads(header["dead_directions"])
+                return files.loads(header["dead_directions"])
             except ValueError:
                 return {}
     return {}

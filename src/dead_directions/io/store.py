@@ -78,6 +78,7 @@ import torch
 
 from dead_directions.core.assembly import nu_of_read
 from dead_directions.core.read import DEFAULT_RADII
+from dead_directions.io import files
 from dead_directions.version import __version__
 
 STORE_VERSION = 1
@@ -542,19 +543,6 @@ def _locked(path: str | os.PathLike) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def write_text_atomic(target: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``target`` so that readers see the old file or the whole new one
-    (a temporary file beside it, fsync, rename); parent folders are created."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    with builtins.open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, target)
-
-
 def registry(path: str | os.PathLike) -> dict[CellKey, int]:
     """The registered cells and their fixed indices (complete or not)."""
     file = ledger_path(path) / "cells.jsonl"
@@ -694,7 +682,7 @@ def init(
                 attributes={"long_name": "direction slot within the cell", "units": "1"},
             )
             direction[:] = np.arange(D, dtype=np.int32)
-        write_text_atomic(ledger_path(path) / "store_id", identity + "\n")
+        files.write_text_atomic(ledger_path(path) / "store_id", identity + "\n")
         return wanted
 
 
@@ -753,7 +741,7 @@ def _check_ledger(path: Path) -> str:
     identity = store_id(path)
     recorded = _ledger_id(path)
     if recorded is None:
-        write_text_atomic(ledger_path(path) / "store_id", identity + "\n")
+        files.write_text_atomic(ledger_path(path) / "store_id", identity + "\n")
     elif recorded != identity:
         raise ValueError(
             f"store {path}: its ledger {ledger_path(path)} belongs to another store "
@@ -933,7 +921,9 @@ def write_cell(
             "kinds": {k: sum(r.kind == k for r in reads) for k in sorted({r.kind for r in reads})},
             "provenance": prov,
         }
-        write_text_atomic(marker, json.dumps(record, indent=1, sort_keys=True, default=str) + "\n")
+        files.write_text_atomic(
+            marker, json.dumps(record, indent=1, sort_keys=True, default=str) + "\n"
+        )
     return index
 
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dead_directions.io import checkpoints
+from dead_directions.io import checkpoints, files
 from dead_directions.nn.models import DTYPE, MLP, ConvNet, DecoderTransformer, ViT, activation_order
 from dead_directions.version import __version__
 from dead_directions.zoo import minilm
@@ -433,10 +433,7 @@ def _train_minilm(size, steps=None, out_dir=".", seed: int = 0, tiny: bool = Fal
         raise ValueError("minilm is pretrained: its only checkpoint is step 0.")
     src = minilm.weights_path()
     path = Path(out_dir) / "minilm" / size / "step0000000.safetensors"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.copyfile(src, tmp)
-    tmp.replace(path)
+    files.atomic_write(path, lambda tmp: shutil.copyfile(src, tmp))
     meta = {
         "family": "minilm",
         "size": size,
@@ -644,69 +641,3 @@ def train_zoo(
 
 
 # --------------------------------------------------------------------------------- CLI
-def _parse_steps(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        steps = [int(s) for s in text.replace(" ", "").split(",") if s]
-    except ValueError:
-        raise ValueError(f"--steps: expected comma-separated integers, got {text!r}.") from None
-    if not steps or min(steps) < 0:
-        raise ValueError(f"--steps: expected non-negative integers, got {text!r}.")
-    return steps
-
-
-def cmd_train(args) -> int:
-    """Train zoo checkpoints and print a table of the final metrics per run."""
-    import json
-
-    from tabulate import tabulate
-
-    names = trainable() if args.family == "all" else [args.family]
-    for name in names:
-        get_family(name)
-    sizes = [s for s in args.size.split(",") if s] if args.size else None
-    started = time.perf_counter()
-    paths = train_zoo(
-        args.out,
-        names,
-        sizes,
-        _parse_steps(args.steps),
-        seed=args.seed,
-        tiny=args.tiny,
-        jobs=args.jobs,
-    )
-    rows = []
-    last: dict[tuple[str, str], dict] = {}
-    for p in paths:
-        meta = json.loads(checkpoints.sidecar_path(p).read_text())
-        last[(meta["family"], meta["size"])] = meta
-    for (fam, size), m in last.items():
-        rows.append(
-            [
-                fam,
-                size,
-                m["step"],
-                m.get("train_loss"),
-                m.get("test_loss"),
-                m.get("train_accuracy"),
-                m.get("test_accuracy"),
-                m.get("seconds"),
-            ]
-        )
-    headers = ["family", "size", "step", "train loss", "test loss", "train acc", "test acc", "s"]
-    print(tabulate(rows, headers=headers, floatfmt=".4g"))
-    print(f"\n{len(paths)} checkpoints in {time.perf_counter() - started:.1f} s under {args.out}")
-    return 0
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train zoo checkpoints (safetensors + JSON sidecars)")
-    p.add_argument("--family", required=True, help=f"one of {', '.join(FAMILIES)}, or 'all'")
-    p.add_argument("--size", default=None, help="size(s), comma-separated (default: all)")
-    p.add_argument("--steps", default=None, help="checkpoint steps, e.g. 0,10,100 (default: log)")
-    p.add_argument("--out", required=True, help="root directory of the checkpoints")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tiny", action="store_true", help="the tiny recipe (tests, smoke runs)")
-    p.add_argument("--jobs", type=int, default=1, help="parallel processes (single-threaded each)")
-    p.set_defaults(func=cmd_train)
