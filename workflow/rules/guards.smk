@@ -88,7 +88,10 @@ def invoked_from():
     pwd = os.environ.get("PWD")
     if not pwd or not Path(pwd).is_dir():
         return None
-    if Path(moved).is_absolute() or (Path(pwd) / moved).resolve() == Path.cwd().resolve():
+    if (
+        Path(moved).is_absolute()
+        or (Path(pwd) / moved).resolve() == Path.cwd().resolve()
+    ):
         return pwd
     return None
 

@@ -20,6 +20,7 @@ from dead_directions.analysis.report import figures, write_report
 from dead_directions.cli import _fmt
 from dead_directions.core.device import DTYPES, resolve_device, torch_dtype
 from dead_directions.core.read import on_terminal, read_on_device, split_probe
+from dead_directions.detectors import detect
 from dead_directions.io import checkpoints, files, store
 from dead_directions.io.artefacts import (
     cap_directions,
@@ -186,7 +187,7 @@ def detect_cell(
     The detectors see only the fit part of the probe (:func:`dead_directions.split_probe`):
     the read holds the rest out to confirm every gauge verdict (METHOD §3 rule 1)."""
 
-    found = detectors.detect(
+    found = detect(
         model,
         split_probe(inputs)[0],
         detectors=detectors,
