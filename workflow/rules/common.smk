@@ -35,24 +35,11 @@ MISSING_TABLE = f"{RESULTS}/tables/missing.csv"
 # Counts rebuilds of a deleted or replaced store (guards.smk).
 GENERATION = f"{RESULTS}/.store-generation"
 FAMILIES = config["families"]
-# Keep in step with dead_directions.analysis.aggregate.METRICS (tests/test_workflow.py checks it).
-METRICS = [
-    "dead_fraction",
-    "dead_dim",
-    "n_dead",
-    "n_singular",
-    "n_gauge",
-    "n_regular",
-    "n_undetermined",
-    "n_unresolved",
-    "order_median",
-    "order_q25",
-    "order_q75",
-    "order_min",
-    "order_max",
-    "recovery",
-]
-FIGURES = ["dead_dimension", "order_heatmap", "direction_counts", "rate_curves"]
+# The tables (one per metric) and figures the package writes, named once in the package's
+# data/outputs.json (read here by path, beside layout.py).
+OUTPUTS = json.loads((_LAYOUT_FILE.parents[1] / "data" / "outputs.json").read_text())
+METRICS = list(OUTPUTS["metrics"])
+FIGURES = list(OUTPUTS["figures"])
 CELL = "{family}/{size}/step{step}/{layer}"
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from dead_directions import zoo
 from dead_directions.analysis.cluster import make_client
+from dead_directions.analysis.outputs import METRICS
 from dead_directions.core.direction import KINDS
 from dead_directions.io import store
 
@@ -36,30 +37,6 @@ COLUMNS = (
     "layer_params",
     "dead_fraction",
 )
-#: The tables, in order; the first is the report's headline.
-METRICS: Mapping[str, str] = {
-    "dead_fraction": (
-        "dead dimension / parameters: the fraction of the layers' parameter dimensions "
-        "along which the Fisher block vanishes (exact count for layers ≤ 2048 parameters, "
-        "else K-FAC factor ranks; relative eigenvalue tolerance 1e-10)"
-    ),
-    "dead_dim": "dead dimension (parameter dimensions with a vanishing Fisher block)",
-    "n_dead": (
-        "detector directions read dead (singular or gauge); a count of detector outputs, "
-        "bounded by the detectors' caps (max_per_layer), not a property of the model"
-    ),
-    "n_singular": "directions read singular",
-    "n_gauge": "directions read gauge",
-    "n_regular": "directions read regular",
-    "n_undetermined": "directions the data cannot decide (gauge or genuine; see the note)",
-    "n_unresolved": "directions left unresolved",
-    "order_median": "median measured order k̂ (finite orders)",
-    "order_q25": "25 % quantile of k̂",
-    "order_q75": "75 % quantile of k̂",
-    "order_min": "smallest k̂",
-    "order_max": "largest k̂",
-    "recovery": "recovery rate: reads matching their prediction / predicted directions",
-}
 
 #: Stated above the dead-dimension tables.
 DEAD_DIMENSION_NOTE = (

@@ -13,7 +13,6 @@ import numpy as np
 
 from dead_directions.analysis.aggregate import (
     DEAD_DIMENSION_NOTE,
-    METRICS,
     POOLED,
     format_value,
     markdown,
@@ -22,6 +21,7 @@ from dead_directions.analysis.aggregate import (
     table,
 )
 from dead_directions.analysis.figures import pyplot, save_figure
+from dead_directions.analysis.outputs import FIGURES, METRICS
 from dead_directions.analysis.prune_tables import report_section
 from dead_directions.io import store
 
@@ -32,9 +32,8 @@ KIND_COLOURS = {
     "undetermined": "#bcbd22",
     "unresolved": "#7f7f7f",
 }
-FIGURES = ("dead_dimension", "order_heatmap", "direction_counts", "rate_curves")
 #: The headline (first) table, then the per-family tables.
-HEADLINE_METRIC = "dead_fraction"
+HEADLINE_METRIC = next(iter(METRICS))
 REPORT_METRICS = ("dead_dim", "n_dead", "order_median", "recovery")
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from dead_directions.analysis.prune_tables import load_records, write_prune_tables
+from dead_directions.cli.args import step_path
 from dead_directions.io import files
 from dead_directions.prune import prune_checkpoint, removable_record, save_pruned
 
@@ -54,13 +55,7 @@ def cmd_prune(args) -> int:
 
 def _checkpoint_items(items: Sequence[str]) -> list[tuple[int | None, Path]]:
     """``STEP=PATH`` or ``PATH`` items: ``(step or None, path)``; a missing file fails first."""
-    out = []
-    for item in items:
-        step, sep, path = item.partition("=")
-        if sep and step.isdigit():
-            out.append((int(step), Path(path)))
-        else:
-            out.append((None, Path(item)))
+    out = [step_path(item, "checkpoints", step_required=False) for item in items]
     for _, path in out:
         if not path.exists():
             raise ValueError(f"checkpoint {path} does not exist.")

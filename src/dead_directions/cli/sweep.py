@@ -18,6 +18,7 @@ from dead_directions.analysis.aggregate import aggregate, write_tables
 from dead_directions.analysis.dead_dimension import dead_dimension
 from dead_directions.analysis.report import figures, write_report
 from dead_directions.cli import _fmt
+from dead_directions.cli.args import step_path
 from dead_directions.core.device import DTYPES, resolve_device, torch_dtype
 from dead_directions.core.read import on_terminal, read_on_device, split_probe
 from dead_directions.detectors import detect
@@ -104,10 +105,8 @@ def cmd_checkpoints(args) -> int:
     elif args.external:
         steps = {}
         for item in args.external:
-            step, _, path = item.partition("=")
-            if not step.isdigit() or not path:
-                raise ValueError(f"--external: expected STEP=PATH, got {item!r}.")
-            steps[int(step)] = path
+            step, path = step_path(item, "--external")
+            steps[step] = str(path)
         how = "registered"
     else:
         fam = family(args.family)

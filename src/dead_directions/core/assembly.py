@@ -11,9 +11,8 @@ from functools import lru_cache
 
 import numpy as np
 
-# A measured order k̂ within this distance of an integer k ≥ 1 is taken as k on the exact
-# path (the same tolerance as ``Read.matches_prediction``).
-ORDER_TOLERANCE = 0.05
+from dead_directions.core.direction import ORDER_TOLERANCE
+
 # On the measured (float) path, two crossing factors tie when their λ agree to this
 # relative tolerance.
 TIE_RTOL = 0.05

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import torch
 
+# The package's default dtype on the CPU: every model, direction and read is float64
+# unless a caller asks otherwise (float32 only on CUDA, checked against float64).
+DTYPE = torch.float64
+
 DTYPES = ("auto", "float64", "float32")
 
 

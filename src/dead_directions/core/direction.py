@@ -8,6 +8,10 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+# How close a measured order k̂ must be to an integer or predicted order k to count as k:
+# a read matches its prediction, an assembly takes k̂ as exact, a prune confirms a unit.
+ORDER_TOLERANCE = 0.05
+
 KINDS = ("regular", "singular", "gauge", "undetermined", "unresolved")
 
 

@@ -10,11 +10,18 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+from torch import nn
 
 from dead_directions.core.allocator import retain_freed_memory
 from dead_directions.core.assembly import nu_of_read
 from dead_directions.core.correctability import CORRECTION_FRACTION, RhoFit, heldout_rho, rho_fits
-from dead_directions.core.direction import Direction, as_direction, normalise, validate_offsets
+from dead_directions.core.direction import (
+    ORDER_TOLERANCE,
+    Direction,
+    as_direction,
+    normalise,
+    validate_offsets,
+)
 from dead_directions.core.fisher import (
     Batch,
     FunctionalModel,
@@ -102,7 +109,8 @@ class Read:
 
     @property
     def matches_prediction(self) -> bool | None:
-        """Kind equal to the prediction and, for a finite predicted order, |k̂ − k| ≤ 0.05."""
+        """Kind equal to the prediction and, for a finite predicted order, |k̂ − k| ≤
+        ``ORDER_TOLERANCE`` (0.05)."""
         if self.predicted_kind is None:
             return None
         if self.kind != self.predicted_kind:
@@ -110,7 +118,7 @@ class Read:
         k = self.predicted_order
         if k is None or math.isinf(k):
             return True
-        return abs(self.order - k) <= 0.05
+        return abs(self.order - k) <= ORDER_TOLERANCE
 
 
 @dataclass(frozen=True)
@@ -201,6 +209,18 @@ class _Group:
         }
 
 
+def check_finite_parameters(model: nn.Module, source: str) -> None:
+    """Refuse a model with NaN or infinite parameters: ``ValueError`` naming ``source`` (the
+    model or its checkpoint file), the parameter and how many of its entries are bad."""
+    for name, value in model.named_parameters():
+        bad = int((~value.detach().isfinite()).sum())
+        if bad:
+            raise ValueError(
+                f"{source}: parameter {name!r} has {bad} NaN or infinite entries of "
+                f"{value.numel()}; the checkpoint is corrupt or training diverged."
+            )
+
+
 def read(model, inputs, direction, **options) -> Read:
     """Read one direction; see :func:`read_many` for the arguments."""
     return read_many(model, inputs, [direction], **options)[0]
@@ -258,12 +278,7 @@ def read_many(
     if not params:
         raise ValueError("model has no parameters to read directions in.")
     device = torch.device(device) if device is not None else next(iter(params.values())).device
-    for name, value in params.items():
-        if not torch.isfinite(value).all():
-            raise ValueError(
-                f"parameter {name!r} of the model contains NaN or infinite values; the "
-                "checkpoint is corrupt or diverged."
-            )
+    check_finite_parameters(model, "the model")
     params = {k: v.to(device=device, dtype=dtype) for k, v in params.items()}
     buffers = {
         k: (v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device))

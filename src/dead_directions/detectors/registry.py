@@ -9,12 +9,11 @@ from functools import cached_property
 
 import torch
 
+from dead_directions.core.device import DTYPE
 from dead_directions.core.direction import Direction
 from dead_directions.core.fisher import Batch, FunctionalModel, iter_batches, prepare_batch
 from dead_directions.core.likelihood import Likelihood, get_likelihood
 from dead_directions.detectors.structure import trace
-
-DTYPE = torch.float64
 
 DetectorFn = Callable[["Context", str], Iterable[Direction]]
 

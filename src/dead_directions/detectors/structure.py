@@ -13,6 +13,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from dead_directions.core.fisher import check_output, eval_mode
+from dead_directions.nn.surgery import producer_units
 
 # Order p of σ(z) ~ z^p at 0 for activations with σ(0) = 0, by module class / op name.
 ACTIVATION_ORDERS: dict[str, int] = {
@@ -503,11 +504,3 @@ def unit_map(structure: Structure, chain: Chain, producer: nn.Module) -> tuple[i
             return None
         return 1, order
     return None
-
-
-def producer_units(module: nn.Module) -> int:
-    if isinstance(module, nn.Linear):
-        return module.out_features
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        return module.num_features
-    return module.out_channels

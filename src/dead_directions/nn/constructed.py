@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dead_directions.core.device import DTYPE
 from dead_directions.core.direction import Direction
 from dead_directions.core.read import read
-
-DTYPE = torch.float64
+from dead_directions.nn.models import Monomial
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,19 +62,12 @@ class Product(nn.Module):
         return out
 
 
-def _monomial(p: int) -> Callable:
-    def sigma(z):
-        return z**p
-
-    return sigma
-
-
 ACTIVATIONS: dict[str, tuple[Callable, int]] = {
     # name: (σ, order p of σ(z) ~ z^p at 0)
     "relu": (torch.relu, 1),
     "tanh": (torch.tanh, 1),
     "gelu": (nn.functional.gelu, 1),
-    **{f"z^{p}": (_monomial(p), p) for p in range(1, 5)},
+    **{f"z^{p}": (Monomial(p), p) for p in range(1, 5)},
 }
 
 

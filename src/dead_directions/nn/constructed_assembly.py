@@ -26,9 +26,10 @@ from dead_directions.core.assembly import (
     rrr_components,
     rrr_lambda,
 )
+from dead_directions.core.device import DTYPE
 from dead_directions.core.direction import Direction
 from dead_directions.core.read import read_many
-from dead_directions.nn.constructed import DTYPE, Linear
+from dead_directions.nn.constructed import Linear
 
 #: Radii of the assembly reads (17 log-spaced points, 1e-6 … 1e-2): small enough that a
 #: live direction's rate stays on its t⁰ plateau although the product structure makes g
@@ -103,7 +104,7 @@ class AssemblyCell:
         return assemble(self.read(**options) if reads is None else reads, self.loci)
 
 
-class Monomial(nn.Module):
+class NormalCrossing(nn.Module):
     """``f(x) = (a₁^{p₁} ⋯ a_n^{p_n}) x``, so ``K ∝ Π a_i^{2 p_i}`` around 0."""
 
     def __init__(self, exponents: tuple[int, ...]):
@@ -313,7 +314,7 @@ def _component_cell(
     The point sets every other variable to 1; there ``K ∝ a_i^{2p_i}``, so the read
     measures k_i = p_i. The components {a_i = 0} meet at 0 in a normal crossing.
     """
-    model = Monomial(exponents)
+    model = NormalCrossing(exponents)
     directions, members = [], []
     for i in range(len(exponents)):
         point = {f"a{j + 1}": torch.tensor(0.0 if j == i else 1.0) for j in range(len(exponents))}
@@ -536,7 +537,7 @@ def assembly_cells(n_inputs: int = 64, seed: int = 0, *, rrr_max: int = 3) -> li
 #: devinterp's normal-crossing accuracy cases (its ``TRUE_LCS_PER_POWER``):
 #: ``f = x · w₁^{p₁} w₂^{p₂}``, ``K ∝ w₁^{2p₁} w₂^{2p₂}``, λ = 1/(2 max p).
 DEVINTERP_CROSSINGS = ((0, 1), (1, 1), (0, 2), (1, 2), (2, 2), (0, 3), (1, 3), (2, 3), (3, 3))
-#: Monomial sums ``K = ½ Σ w_i^{p_i}`` (even p_i), λ = Σ 1/p_i (the form of devinterp's
+#: NormalCrossing sums ``K = ½ Σ w_i^{p_i}`` (even p_i), λ = Σ 1/p_i (the form of devinterp's
 #: monomial examples; these exponent sets are chosen here).
 MONOMIAL_SUMS = ((2, 2), (2, 4), (4, 4), (2, 6), (4, 6), (2, 4, 6))
 
@@ -623,7 +624,7 @@ def _categorical_basis(
 __all__ = [
     "ASSEMBLY_RADII",
     "AssemblyCell",
-    "Monomial",
+    "NormalCrossing",
     "PowerSum",
     "ReducedRank",
     "assembly_cells",

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-DTYPE = torch.float64
+from dead_directions.core.device import DTYPE
 
 
 class Monomial(nn.Module):

@@ -85,3 +85,12 @@ def narrow_to_shapes(model: nn.Module, shapes: Mapping[str, Sequence[int]]) -> n
             new.weight, new.in_channels = param_copy(new.weight[:, : w[1]]), w[1]
         replace_module(model, name, new)
     return model
+
+
+def producer_units(module: nn.Module) -> int:
+    """How many units a Linear, Conv or BatchNorm module produces (its output axis)."""
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return module.num_features
+    return module.out_channels

@@ -14,11 +14,12 @@ from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
 from dead_directions import zoo
-from dead_directions.core.direction import Direction
+from dead_directions.core.direction import ORDER_TOLERANCE, Direction
 from dead_directions.core.read import Read, read_many
 from dead_directions.detectors import detect
 from dead_directions.io import checkpoints
 from dead_directions.nn.surgery import (
+    producer_units,
     replace_module,
     slice_inputs,
     slice_outputs,
@@ -217,14 +218,6 @@ def _trace(model: nn.Module, inputs) -> dict[str, tuple[list[int], int]]:
     return seen
 
 
-def _width(m: nn.Module) -> int:
-    if isinstance(m, nn.Linear):
-        return m.out_features
-    if isinstance(m, nn.modules.batchnorm._BatchNorm):
-        return m.num_features
-    return m.out_channels
-
-
 def _group(modules: dict, trace: dict, producer: str) -> list[str]:
     """The modules whose output axis carries ``producer``'s units: a BatchNorm producer
     and the Linear/Conv feeding it directly."""
@@ -234,7 +227,7 @@ def _group(modules: dict, trace: dict, producer: str) -> list[str]:
         ids = trace[producer][0]
         for name, (_, out) in trace.items():
             if ids and out == ids[0] and isinstance(modules[name], nn.Linear | nn.Conv2d):
-                if _width(modules[name]) == m.num_features:
+                if producer_units(modules[name]) == m.num_features:
                     group.insert(0, name)
                 break
     return group
@@ -338,7 +331,7 @@ def prune(
     metric_tolerance: float = 0.005,
     min_width: int = 0,
     detect_options: Mapping | None = None,
-    order_tol: float = 0.05,
+    order_tol: float = ORDER_TOLERANCE,
     seed: int = 0,
     flop_batch: int = 64,
 ) -> tuple[nn.Module, PruneReport]:
@@ -433,7 +426,7 @@ def prune(
         ):
             skipped.append(Skipped(c.direction, c.producer, c.unit, "unsupported module types"))
             continue
-        units = units_of.setdefault(c.producer, _width(prod))
+        units = units_of.setdefault(c.producer, producer_units(prod))
         if c.consumer not in acts:
             acts[c.consumer] = _activations(model, inputs, c.consumer, units)
         a = acts[c.consumer]

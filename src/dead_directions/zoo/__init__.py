@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dead_directions.core.device import DTYPE
 from dead_directions.io import checkpoints, files
-from dead_directions.nn.models import DTYPE, MLP, ConvNet, DecoderTransformer, ViT, activation_order
+from dead_directions.nn.models import MLP, ConvNet, DecoderTransformer, ViT, activation_order
 from dead_directions.version import __version__
 from dead_directions.zoo import minilm
 

@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from dead_directions.core.read import check_finite_parameters
 from dead_directions.io import checkpoints
 from dead_directions.zoo import declared
 
@@ -48,11 +49,5 @@ def load_model(
         model, meta = checkpoints.load(
             path, family=family_name, size=size, override_family=override_family
         )
-    for name, value in model.named_parameters():
-        bad = int((~value.detach().isfinite()).sum())
-        if bad:
-            raise ValueError(
-                f"checkpoint {path}: parameter {name!r} has {bad} NaN or infinite entries of "
-                f"{value.numel()}; the checkpoint is corrupt or training diverged."
-            )
+    check_finite_parameters(model, f"checkpoint {path}")
     return model, meta
