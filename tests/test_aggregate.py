@@ -87,7 +87,7 @@ def test_a_local_cluster_gives_the_same_numbers(summary):
 
 def test_tables_have_steps_as_rows_and_sizes_as_columns(summary, tmp_path):
     _, frame = summary
-    written = aggregate.write_tables(frame, tmp_path)
+    written = aggregate.write_tables(frame, "mlp", *aggregate.table_paths(tmp_path, "mlp"))
     assert len(written) == len(aggregate.METRICS) + 1
     dead = pd.read_csv(tmp_path / "mlp" / "n_dead.csv", index_col=[0, 1])
     assert list(dead.columns) == ["m", "s"]  # no zoo order for synthetic sizes: natural
@@ -103,7 +103,9 @@ def test_tables_have_steps_as_rows_and_sizes_as_columns(summary, tmp_path):
 
 def test_figures_and_report_are_written(summary, tmp_path):
     path, frame = summary
-    pngs = report.figures(frame, path, "mlp", tmp_path / "fig", checkpoint=("m", 10))
+    pngs = report.figures(
+        frame, path, "mlp", report.figure_paths(tmp_path / "fig"), checkpoint=("m", 10)
+    )
     assert [p.name for p in pngs] == [f"{n}.png" for n in report.FIGURES]
     for p in pngs:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
@@ -129,7 +131,7 @@ def test_dead_dimension_table_from_the_stored_counts(summary, tmp_path):
 
     path, frame = summary
     ds = store.open(path)
-    aggregate.write_tables(frame, tmp_path)
+    aggregate.write_tables(frame, "mlp", *aggregate.table_paths(tmp_path, "mlp"))
     assert not (tmp_path / "mlp" / "lam_sum.csv").exists()
     csv = pd.read_csv(tmp_path / "mlp" / "dead_fraction.csv", index_col=[0, 1])
     text = (tmp_path / "mlp.md").read_text()

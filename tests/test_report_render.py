@@ -37,7 +37,7 @@ def test_html_report_renders_with_every_figure(tmp_path):
     path = tmp_path / "s.zarr"
     write(path, cells, dead=True)
     frame = aggregate.aggregate(path, "threads")
-    report.figures(frame, path, "mlp", tmp_path / "fig", checkpoint=("m", 10))
+    report.figures(frame, path, "mlp", report.figure_paths(tmp_path / "fig"), checkpoint=("m", 10))
     _, page = report.write_report(frame, {"mlp": tmp_path / "fig"}, tmp_path / "report.md")
     text = page.read_text()
     n_figures = text.count("<img ")

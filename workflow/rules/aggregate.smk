@@ -42,10 +42,10 @@ rule tables:
         mem_mb=2000,
         runtime=10,
     params:
-        out_dir=lambda w, output: str(Path(output.markdown).parent),
+        csv=lambda w, output: [f"{m}={path}" for m, path in zip(METRICS, output.csv)],
     shell:
         "dead-directions tables --summary {input:q} --family {wildcards.family:q} "
-        "--out-dir {params.out_dir:q} > {log:q} 2>&1"
+        "--markdown {output.markdown:q} --csv {params.csv:q} > {log:q} 2>&1"
 
 
 rule missing:

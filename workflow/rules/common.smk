@@ -40,11 +40,14 @@ FAMILIES = config["families"]
 OUTPUTS = json.loads((_LAYOUT_FILE.parents[1] / "data" / "outputs.json").read_text())
 METRICS = list(OUTPUTS["metrics"])
 FIGURES = list(OUTPUTS["figures"])
+PRUNE_FIGURE = next(iter(OUTPUTS["prune_figure"]))
 CELL = "{family}/{size}/step{step}/{layer}"
 
 
+# `prune` is not a family: results/tables/prune/ holds the prune tables beside the
+# families' table folders (the schema refuses a family of that name).
 wildcard_constraints:
-    family=r"[A-Za-z0-9_-]+",
+    family=r"(?!prune$)[A-Za-z0-9_-]+",
     size=r"[A-Za-z0-9_.-]+",
     step=r"\d{7}",
     layer=r"[A-Za-z0-9_.-]+",

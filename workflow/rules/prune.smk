@@ -36,12 +36,7 @@ rule prune_tables:
     output:
         csv=f"{RESULTS}/tables/prune/{{family}}.csv",
         markdown=f"{RESULTS}/tables/prune/{{family}}.md",
-        figure=report(
-            f"{RESULTS}/figures/{{family}}/prune_removable.png",
-            caption="../report/prune_removable.rst",
-            category="Figures",
-            subcategory="{family}",
-        ),
+        figure=f"{RESULTS}/figures/{{family}}/{PRUNE_FIGURE}.png",
     log:
         "logs/prune_tables/{family}.log",
     benchmark:

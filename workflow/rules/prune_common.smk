@@ -27,7 +27,7 @@ def prune_outputs(family):
     return [
         f"{RESULTS}/tables/prune/{family}.csv",
         f"{RESULTS}/tables/prune/{family}.md",
-        f"{RESULTS}/figures/{family}/prune_removable.png",
+        f"{RESULTS}/figures/{family}/{PRUNE_FIGURE}.png",
     ]
 
 
@@ -46,6 +46,18 @@ def all_prune(wildcards):
         if not is_declared(family)
         for path in prune_outputs(family)
     ]
+
+
+def report_prune_args(wildcards):
+    """The report's `--prune-table FAMILY=CSV` and `--prune-figure FAMILY=PNG` options."""
+    if not PRUNE["enabled"]:
+        return []
+    families = [family for family in FAMILIES if not is_declared(family)]
+    if not families:
+        return []
+    tables = [f"{family}={prune_outputs(family)[0]}" for family in families]
+    pngs = [f"{family}={prune_outputs(family)[2]}" for family in families]
+    return ["--prune-table", *tables, "--prune-figure", *pngs]
 
 
 def prune_args(wildcards):

@@ -1,34 +1,11 @@
-# Figures per family (wrapped for `snakemake --report`), and the sweep report.
+# Figures per family, and the sweep report.
 
 
 rule figures:
     input:
         summary=SUMMARY,
     output:
-        dead=report(
-            f"{RESULTS}/figures/{{family}}/dead_dimension.png",
-            caption="../report/dead_dimension.rst",
-            category="Figures",
-            subcategory="{family}",
-        ),
-        heatmap=report(
-            f"{RESULTS}/figures/{{family}}/order_heatmap.png",
-            caption="../report/order_heatmap.rst",
-            category="Figures",
-            subcategory="{family}",
-        ),
-        counts=report(
-            f"{RESULTS}/figures/{{family}}/direction_counts.png",
-            caption="../report/direction_counts.rst",
-            category="Figures",
-            subcategory="{family}",
-        ),
-        curves=report(
-            f"{RESULTS}/figures/{{family}}/rate_curves.png",
-            caption="../report/rate_curves.rst",
-            category="Figures",
-            subcategory="{family}",
-        ),
+        expand(f"{RESULTS}/figures/{{{{family}}}}/{{name}}.png", name=FIGURES),
     log:
         "logs/figures/{family}.log",
     benchmark:
@@ -42,13 +19,15 @@ rule figures:
     params:
         store=STORE,
         checkpoint=rate_curves_args,
-        out_dir=f"{RESULTS}/figures/{{family}}",
+        figures=lambda w, output: [f"{n}={path}" for n, path in zip(FIGURES, output)],
     shell:
         "dead-directions figures --summary {input.summary:q} --store {params.store:q} "
-        "--family {wildcards.family:q} {params.checkpoint:q} --out-dir {params.out_dir:q} "
+        "--family {wildcards.family:q} {params.checkpoint:q} --figure {params.figures:q} "
         "> {log:q} 2>&1"
 
 
+# The sweep's report (one report system: dead-directions report; `snakemake --report`
+# wraps this page).
 rule report:
     input:
         summary=SUMMARY,
@@ -76,6 +55,8 @@ rule report:
     params:
         figures=figure_args,
         store=STORE,
+        prune=report_prune_args,
     shell:
         "dead-directions report --summary {input.summary:q} --figures {params.figures:q} "
-        "--store {params.store:q} --missing {input.missing:q} --out {output.markdown:q} > {log:q} 2>&1"
+        "--store {params.store:q} --missing {input.missing:q} {params.prune:q} "
+        "--out {output.markdown:q} --html {output.html:q} > {log:q} 2>&1"

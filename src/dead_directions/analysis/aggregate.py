@@ -5,17 +5,16 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from dead_directions import zoo
 from dead_directions.analysis.cluster import make_client
 from dead_directions.analysis.outputs import METRICS
+from dead_directions.analysis.tables import markdown_table, step_size
 from dead_directions.core.direction import KINDS
-from dead_directions.io import store
+from dead_directions.io import files, store
 
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 QUANTILE_NAMES = ("order_min", "order_q25", "order_median", "order_q75", "order_max")
@@ -157,26 +156,9 @@ def aggregate(path: str | os.PathLike, dask: Mapping[str, object] | str | None =
 # --------------------------------------------------------------------------------------
 
 
-def natural_key(text: str) -> list:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(text))]
-
-
-def size_order(family: str, sizes: Sequence[str]) -> list[str]:
-    """Sizes in the family's declared order (``dd.zoo``), others in natural order after."""
-    declared: Sequence[str] = ()
-    with contextlib.suppress(Exception):
-        declared = zoo.get_family(family).sizes
-    rank = {s: i for i, s in enumerate(declared)}
-    return sorted(set(sizes), key=lambda s: (rank.get(s, len(rank)), natural_key(s)))
-
-
 def table(frame, family: str, metric: str, layer: str = POOLED):
     """One metric of one family and layer: rows step, columns size (a ``DataFrame``)."""
-    sub = frame[(frame["family"] == family) & (frame["layer"] == layer)]
-    wide = sub.pivot_table(index="step", columns="size", values=metric, aggfunc="first")
-    wide = wide.reindex(columns=size_order(family, list(wide.columns)))
-    wide.columns.name = "size"
-    return wide
+    return step_size(frame, family, metric, layer)
 
 
 def format_value(value, metric: str) -> str:
@@ -192,51 +174,60 @@ def format_value(value, metric: str) -> str:
 
 
 def markdown(wide, metric: str) -> str:
-    """A step × size table as GitHub Markdown."""
-    from tabulate import tabulate
-
-    rows = [[step, *(format_value(v, metric) for v in row)] for step, row in wide.iterrows()]
-    headers = ["step \\ size", *map(str, wide.columns)]
-    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+    """A step × size table of ``metric`` as GitHub Markdown."""
+    return markdown_table(wide, lambda v: format_value(v, metric))
 
 
-def write_tables(frame, out_dir: str | os.PathLike) -> list[Path]:
-    """Write ``{family}/{metric}.csv`` (rows layer, step; columns size) and ``{family}.md``."""
-    import pandas as pd
+def table_paths(folder: str | os.PathLike, family: str) -> tuple[dict[str, Path], Path]:
+    """Where :func:`write_tables` writes by default: ``{folder}/{family}/{metric}.csv`` and
+    ``{folder}/{family}.md`` (the workflow passes its own paths)."""
+    folder = Path(folder)
+    return {m: folder / family / f"{m}.csv" for m in METRICS}, folder / f"{family}.md"
 
-    out_dir = Path(out_dir)
+
+def write_tables(
+    frame, family: str, csv: Mapping[str, str | os.PathLike], markdown_path: str | os.PathLike
+) -> list[Path]:
+    """Write one family's tables: per metric a CSV at ``csv[metric]`` (rows layer, step;
+    columns size; every metric of :data:`METRICS` needs a path) and a Markdown summary at
+    ``markdown_path`` (all layers pooled, plus the median order per layer). Returns the
+    paths written. Raises ``ValueError`` naming the metrics without a path."""
+    import pandas as pd  # lazy: pandas is heavy and only the table writers need it
+
+    unknown = sorted(set(csv) - set(METRICS))
+    missing = [m for m in METRICS if m not in csv]
+    if unknown or missing:
+        raise ValueError(
+            f"tables of {family}: no path for {missing} / unknown metrics {unknown}; give one "
+            f"CSV path per metric of {list(METRICS)}."
+        )
+    sub = frame[frame["family"] == family]
+    layers = [POOLED, *sorted(x for x in sub["layer"].unique() if x != POOLED)]
+    lines = [
+        f"# {family}: dead directions across training time and scale",
+        "",
+        "Rows: training step; columns: model size; all layers pooled (the CSV tables have "
+        "every layer).",
+        "",
+    ]
     written = []
-    for family in sorted(frame["family"].unique()):
-        fam_dir = out_dir / family
-        fam_dir.mkdir(parents=True, exist_ok=True)
-        sub = frame[frame["family"] == family]
-        layers = [POOLED, *sorted(x for x in sub["layer"].unique() if x != POOLED)]
-        lines = [
-            f"# {family}: dead directions across training time and scale",
+    for metric, meaning in METRICS.items():
+        parts = {layer: table(frame, family, metric, layer) for layer in layers}
+        wide = pd.concat(parts, names=["layer", "step"])
+        path = Path(csv[metric])
+        files.atomic_write(path, lambda tmp, wide=wide: wide.to_csv(tmp))
+        written.append(path)
+        lines += [f"## {metric}: {meaning}", ""]
+        if metric == "dead_fraction":
+            lines += [DEAD_DIMENSION_NOTE, ""]
+        lines += [markdown(parts[POOLED], metric), ""]
+    per_layer = ["## order_median per layer", ""]
+    for layer in layers[1:]:
+        per_layer += [
+            f"### {layer}",
             "",
-            "Rows: training step; columns: model size; all layers pooled "
-            "(`results/tables/{family}/*.csv` have every layer).".replace("{family}", family),
+            markdown(table(frame, family, "order_median", layer), "order_median"),
             "",
         ]
-        for metric, meaning in METRICS.items():
-            parts = {layer: table(frame, family, metric, layer) for layer in layers}
-            wide = pd.concat(parts, names=["layer", "step"])
-            path = fam_dir / f"{metric}.csv"
-            wide.to_csv(path)
-            written.append(path)
-            lines += [f"## {metric}: {meaning}", ""]
-            if metric == "dead_fraction":
-                lines += [DEAD_DIMENSION_NOTE, ""]
-            lines += [markdown(parts[POOLED], metric), ""]
-        per_layer = ["## order_median per layer", ""]
-        for layer in layers[1:]:
-            per_layer += [
-                f"### {layer}",
-                "",
-                markdown(table(frame, family, "order_median", layer), "order_median"),
-                "",
-            ]
-        md = out_dir / f"{family}.md"
-        md.write_text("\n".join(lines + per_layer))
-        written.append(md)
+    written.append(files.write_text_atomic(markdown_path, "\n".join(lines + per_layer)))
     return written

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import html
+import os
 from pathlib import Path
 
 
@@ -23,3 +26,18 @@ def save_figure(fig, path) -> Path:
     fig.savefig(path, dpi=110, metadata={"Software": None})
     pyplot().close(fig)
     return path
+
+
+def embed_figure(png: str | os.PathLike, caption: str, alt: str, page: str | os.PathLike):
+    """A figure for the report: ``(Markdown lines linking it relative to the page, an HTML
+    ``<figure>`` with the PNG inlined)``; ``([], "")`` when ``png`` does not exist."""
+    png = Path(png)
+    if not png.is_file():
+        return [], ""
+    rel = os.path.relpath(png, Path(page).parent)
+    data = base64.b64encode(png.read_bytes()).decode()
+    part = (
+        f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
+    return [f"![{caption}]({rel})", "", f"*{caption}*", ""], part

@@ -6,8 +6,9 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from dead_directions.analysis.aggregate import size_order
-from dead_directions.analysis.figures import pyplot, save_figure
+from dead_directions.analysis.figures import embed_figure, pyplot, save_figure
+from dead_directions.analysis.outputs import CAPTIONS, PRUNE_FIGURE
+from dead_directions.analysis.tables import html_table, markdown_table, size_order, step_size
 
 
 def load_records(paths: Sequence) -> list[dict]:
@@ -68,11 +69,7 @@ def records_frame(records: Sequence[Mapping]):
 def fraction_table(frame, family: str, layer: str = "all"):
     """Removable fraction of one family and layer: rows step, columns size."""
 
-    sub = frame[(frame["family"] == family) & (frame["layer"] == layer)]
-    wide = sub.pivot_table(index="step", columns="size", values="fraction", aggfunc="first")
-    wide = wide.reindex(columns=size_order(family, list(wide.columns)))
-    wide.columns.name = "size"
-    return wide
+    return step_size(frame, family, "fraction", layer)
 
 
 def _pct(v) -> str:
@@ -175,9 +172,7 @@ def _prune_figure(frame, family: str, layers: Sequence[str], path: Path) -> Path
 def report_section(family: str, csv, figure, out) -> tuple[list[str], list[str]]:
     """Markdown lines and HTML parts of one family's removable parameters for the report
     (``dd.report.write_report``); empty when ``csv`` does not exist."""
-    import base64
     import html
-    import os
 
     import pandas as pd
 
@@ -187,32 +182,10 @@ def report_section(family: str, csv, figure, out) -> tuple[list[str], list[str]]
     frame = pd.read_csv(csv, dtype={"family": str, "size": str, "layer": str})
     wide = fraction_table(frame, family)
     title = "removable parameters (all layers; `dead-directions removable`)"
-    rows = [[step, *(_pct(v) for v in row)] for step, row in wide.iterrows()]
-    from tabulate import tabulate
-
-    md = [
-        f"**{title}**",
-        "",
-        tabulate(
-            rows,
-            headers=["step \\ size", *map(str, wide.columns)],
-            tablefmt="github",
-            disable_numparse=True,
-        ),
-        "",
-    ]
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in ["step \\ size", *wide.columns])
-    body = "".join(
-        "<tr><th>{}</th>{}</tr>".format(r[0], "".join(f"<td>{html.escape(v)}</td>" for v in r[1:]))
-        for r in rows
-    )
-    parts = [f"<h3>{html.escape(title)}</h3>", f"<table><tr>{head}</tr>{body}</table>"]
-    if figure.is_file():
-        caption = "Removable fraction of parameters vs training step, per size."
-        md += [f"![{caption}]({os.path.relpath(figure, Path(out).parent)})", ""]
-        data = base64.b64encode(figure.read_bytes()).decode()
-        parts.append(
-            f'<figure><img alt="prune_removable" src="data:image/png;base64,{data}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-        )
+    md = [f"**{title}**", "", markdown_table(wide, _pct), ""]
+    parts = [f"<h3>{html.escape(title)}</h3>", html_table(wide, _pct)]
+    lines, part = embed_figure(figure, CAPTIONS[PRUNE_FIGURE], PRUNE_FIGURE, out)
+    md += lines
+    if part:
+        parts.append(part)
     return md, parts

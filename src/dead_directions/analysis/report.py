@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import base64
 import html
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +15,13 @@ from dead_directions.analysis.aggregate import (
     POOLED,
     format_value,
     markdown,
-    natural_key,
-    size_order,
     table,
 )
-from dead_directions.analysis.figures import pyplot, save_figure
-from dead_directions.analysis.outputs import FIGURES, METRICS
+from dead_directions.analysis.figures import embed_figure, pyplot, save_figure
+from dead_directions.analysis.outputs import CAPTIONS, FIGURES, METRICS
 from dead_directions.analysis.prune_tables import report_section
-from dead_directions.io import store
+from dead_directions.analysis.tables import html_table, natural_key, size_order
+from dead_directions.io import files, store
 
 KIND_COLOURS = {
     "regular": "#1f77b4",
@@ -190,21 +188,30 @@ def default_checkpoint(frame, family: str) -> tuple[str, int]:
     return size, int(sub[sub["size"] == size]["step"].max())
 
 
+def figure_paths(folder: str | os.PathLike) -> dict[str, Path]:
+    """Where :func:`figures` writes by default: ``{folder}/{name}.png`` per :data:`FIGURES`."""
+    return {name: Path(folder) / f"{name}.png" for name in FIGURES}
+
+
 def figures(
     frame,
     store_path: str | os.PathLike,
     family: str,
-    out_dir: str | os.PathLike,
+    paths: Mapping[str, str | os.PathLike],
     checkpoint: tuple[str, int] | None = None,
 ) -> list[Path]:
-    """The :data:`FIGURES` of one family under ``out_dir``; ``checkpoint = (size, step)``."""
-    out_dir = Path(out_dir)
+    """Draw the :data:`FIGURES` of one family, each to ``paths[name]``; the rate curves are
+    of ``checkpoint = (size, step)`` (default: the largest size's last step). Raises
+    ``ValueError`` when a figure has no path."""
+    missing = [name for name in FIGURES if name not in paths]
+    if missing:
+        raise ValueError(f"figures of {family}: no path for {missing}.")
     size, step = checkpoint or default_checkpoint(frame, family)
     return [
-        dead_dimension(frame, family, out_dir / "dead_dimension.png"),
-        order_heatmap(frame, family, out_dir / "order_heatmap.png"),
-        direction_counts(frame, family, out_dir / "direction_counts.png"),
-        rate_curves(store_path, family, size, step, out_dir / "rate_curves.png"),
+        dead_dimension(frame, family, paths["dead_dimension"]),
+        order_heatmap(frame, family, paths["order_heatmap"]),
+        direction_counts(frame, family, paths["direction_counts"]),
+        rate_curves(store_path, family, size, step, paths["rate_curves"]),
     ]
 
 
@@ -219,17 +226,6 @@ _CSS = (
 )
 
 
-def _html_table(wide, metric: str) -> str:
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in ["step \\ size", *wide.columns])
-    body = "".join(
-        "<tr><th>{}</th>{}</tr>".format(
-            step, "".join(f"<td>{html.escape(format_value(v, metric))}</td>" for v in row)
-        )
-        for step, row in wide.iterrows()
-    )
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
 def write_report(
     frame,
     figure_dirs: dict[str, str | os.PathLike],
@@ -238,10 +234,14 @@ def write_report(
     store_path: str | os.PathLike = "",
     title: str = "dead-directions sweep",
     missing: str | os.PathLike | None = None,
+    html_out: str | os.PathLike | None = None,
+    prune: Mapping[str, tuple[str | os.PathLike, str | os.PathLike]] | None = None,
 ) -> list[Path]:
-    """Write ``out`` (``.md``, figures linked) and its ``.html`` twin (figures embedded).
+    """Write ``out`` (Markdown, figures linked) and ``html_out`` (HTML, figures embedded;
+    default: ``out`` with suffix ``.html``). Returns both paths.
 
-    ``figure_dirs`` maps each family to the folder holding its :data:`FIGURES`;
+    ``figure_dirs`` maps each family to the folder holding its :data:`FIGURES`; ``prune``
+    maps a family to its removable-parameters table (CSV) and figure (a section each);
     ``missing``: the CSV of checkpoints the config lists but the disk lacks (``dead-directions
     missing``), shown as its own section when it has rows.
     """
@@ -262,27 +262,13 @@ def write_report(
     if store_path:
         md += [f"Store: `{store_path}` (open with `dead_directions.io.store.open`).", ""]
     body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(intro)}</p>"]
-    captions = {
-        "dead_dimension": "Dead dimension (all layers pooled) vs training step, per size: "
-        "its fraction of the parameters and the count.",
-        "order_heatmap": "Median measured order k̂ per layer and training step, per size.",
-        "direction_counts": "Detector directions read dead and read singular vs training "
-        "step, per size (counts bounded by the detectors' caps).",
-        "rate_curves": "Rate curves g(t) of one checkpoint, coloured by measured kind.",
-    }
 
     def figure(family: str, name: str) -> None:
         png = Path(figure_dirs.get(family, "")) / f"{name}.png"
-        if not png.exists():
-            return
-        rel = os.path.relpath(png, out.parent)
-        caption = f"{family}: {captions[name]}"
-        md.extend([f"![{caption}]({rel})", "", f"*{caption}*", ""])
-        data = base64.b64encode(png.read_bytes()).decode()
-        body.append(
-            f'<figure><img alt="{family} {name}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-        )
+        lines, part = embed_figure(png, f"{family}: {CAPTIONS[name]}", f"{family} {name}", out)
+        md.extend(lines)
+        if part:
+            body.append(part)
 
     families = sorted(frame["family"].unique())
     # The headline: the dead-dimension figure and its fraction of the parameters.
@@ -298,7 +284,7 @@ def write_report(
             f"<h3>{html.escape(family)}: {html.escape(HEADLINE_METRIC)} — "
             f"{html.escape(METRICS[HEADLINE_METRIC])}</h3>"
         )
-        body.append(_html_table(wide, HEADLINE_METRIC))
+        body.append(html_table(wide, lambda v: format_value(v, HEADLINE_METRIC)))
     for family in families:
         md += [f"## {family}", ""]
         body.append(f"<h2>{html.escape(family)}</h2>")
@@ -307,15 +293,11 @@ def write_report(
             md += [f"**{metric}** — {METRICS[metric]}", ""]
             body.append(f"<h3>{html.escape(metric)}: {html.escape(METRICS[metric])}</h3>")
             md += [markdown(wide, metric), ""]
-            body.append(_html_table(wide, metric))
-        folder = Path(figure_dirs.get(family, ""))
+            body.append(html_table(wide, lambda v, m=metric: format_value(v, m)))
         for name in FIGURES[1:]:
             figure(family, name)
-        # removable parameters (workflow/rules/prune.smk), where its table exists
-        prune_csv = out.parent / "tables" / "prune" / f"{family}.csv"
-        if prune_csv.is_file():
-            png = folder / "prune_removable.png"
-            extra_md, extra_html = report_section(family, prune_csv, png, out)
+        if family in (prune or {}):
+            extra_md, extra_html = report_section(family, *prune[family], out)
             md += extra_md
             body += extra_html
     if missing is not None:
@@ -333,12 +315,13 @@ def write_report(
                 f"<p>{html.escape(note)}</p>",
                 absent.to_html(index=False, escape=True),
             ]
-    out.write_text("\n".join(md))
-    page = out.with_suffix(".html")
-    page.write_text(
+    files.write_text_atomic(out, "\n".join(md))
+    page = Path(html_out) if html_out is not None else out.with_suffix(".html")
+    files.write_text_atomic(
+        page,
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
         + "\n".join(body)
-        + "</body></html>\n"
+        + "</body></html>\n",
     )
     return [out, page]

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from dead_directions import detectors, zoo
-from dead_directions.analysis.aggregate import aggregate, write_tables
+from dead_directions.analysis.aggregate import aggregate, table_paths, write_tables
 from dead_directions.analysis.dead_dimension import dead_dimension
-from dead_directions.analysis.report import figures, write_report
+from dead_directions.analysis.report import figure_paths, figures, write_report
 from dead_directions.cli import _fmt
 from dead_directions.cli.args import step_path
 from dead_directions.core.device import DTYPES, resolve_device, torch_dtype
@@ -465,36 +465,62 @@ def _summary(path):
     return pd.read_csv(path, dtype={"family": str, "size": str, "layer": str})
 
 
-def cmd_tables(args) -> int:
-    """Write step × size tables (CSV and Markdown) for the given families."""
+def _assignments(items: Sequence[str] | None, option: str) -> dict[str, str]:
+    """``KEY=VALUE`` items as a mapping; ``ValueError`` naming ``option`` otherwise."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"{option}: expected KEY=VALUE, got {item!r}.")
+        out[key] = value
+    return out
 
+
+def cmd_tables(args) -> int:
+    """Write one family's step × size tables (a CSV per metric, a Markdown summary)."""
     frame = _summary(args.summary)
-    if args.family:
-        frame = frame[frame["family"].isin(args.family)]
-    written = write_tables(frame, args.out_dir)
-    print(f"{len(written)} tables under {args.out_dir}")
+    csv = _assignments(args.csv, "--csv")
+    if args.out_dir:
+        csv, markdown = table_paths(args.out_dir, args.family)
+    else:
+        markdown = args.markdown
+    if not markdown:
+        raise ValueError("tables: give --markdown PATH and --csv METRIC=PATH, or --out-dir.")
+    written = write_tables(frame, args.family, csv, markdown)
+    print("\n".join(map(str, written)))
     return 0
 
 
 def cmd_figures(args) -> int:
-    """Draw one family's figures (order heatmap, counts and λ, rate curves)."""
-
+    """Draw one family's figures (dead dimension, order heatmap, counts, rate curves)."""
     frame = _summary(args.summary)
     checkpoint = None
     if args.checkpoint:
         size, _, step = args.checkpoint.rpartition(":")
         checkpoint = (size, int(step))
-    paths = figures(frame, args.store, args.family, args.out_dir, checkpoint)
-    print("\n".join(map(str, paths)))
+    paths = figure_paths(args.out_dir) if args.out_dir else _assignments(args.figure, "--figure")
+    written = figures(frame, args.store, args.family, paths, checkpoint)
+    print("\n".join(map(str, written)))
     return 0
 
 
 def cmd_report(args) -> int:
     """Write the report (Markdown and HTML) from the summary and the figures."""
-
     frame = _summary(args.summary)
-    dirs = dict(item.split("=", 1) for item in args.figures or [])
-    paths = write_report(frame, dirs, args.out, store_path=args.store or "", missing=args.missing)
+    dirs = _assignments(args.figures, "--figures")
+    tables = _assignments(args.prune_table, "--prune-table")
+    pngs = _assignments(args.prune_figure, "--prune-figure")
+    if set(tables) != set(pngs):
+        raise ValueError("--prune-table and --prune-figure must name the same families.")
+    paths = write_report(
+        frame,
+        dirs,
+        args.out,
+        store_path=args.store or "",
+        missing=args.missing,
+        html_out=args.html,
+        prune={family: (tables[family], pngs[family]) for family in tables},
+    )
     print("\n".join(map(str, paths)))
     return 0
 
@@ -752,18 +778,21 @@ def add_parser(sub) -> None:
     )
     p.set_defaults(func=cmd_aggregate)
 
-    p = sub.add_parser("tables", help="step × size tables (CSV, Markdown)")
-    p.add_argument("--summary", required=True, help="CSV from `dead-directions aggregate`")
-    p.add_argument("--family", nargs="*", default=None)
-    p.add_argument("--out-dir", required=True)
+    p = sub.add_parser("tables", help="one family's step × size tables (CSV, Markdown)")
+    p.add_argument("--summary", required=True)
+    p.add_argument("--family", required=True)
+    p.add_argument("--markdown", default=None, help="the Markdown summary's path")
+    p.add_argument("--csv", nargs="*", default=None, help="METRIC=PATH per metric")
+    p.add_argument("--out-dir", default=None, help="instead: {dir}/{family}/{metric}.csv, …")
     p.set_defaults(func=cmd_tables)
 
     p = sub.add_parser("figures", help="one family's figures (PNG)")
     p.add_argument("--summary", required=True)
     p.add_argument("--store", required=True)
     p.add_argument("--family", required=True)
-    p.add_argument("--checkpoint", default=None, help="SIZE:STEP for the rate curves")
-    p.add_argument("--out-dir", required=True)
+    p.add_argument("--figure", nargs="*", default=None, help="NAME=PATH per figure")
+    p.add_argument("--out-dir", default=None, help="instead: {dir}/{name}.png")
+    p.add_argument("--checkpoint", default=None, help="SIZE:STEP of the rate curves")
     p.set_defaults(func=cmd_figures)
 
     p = sub.add_parser("report", help="the sweep report (Markdown + HTML)")
@@ -771,7 +800,10 @@ def add_parser(sub) -> None:
     p.add_argument("--figures", nargs="*", default=None, help="FAMILY=DIR of its figures")
     p.add_argument("--store", default=None)
     p.add_argument("--missing", default=None, help="CSV of missing checkpoints (a section)")
-    p.add_argument("--out", required=True, help="report .md (an .html twin is written)")
+    p.add_argument("--out", required=True, help="the report's Markdown path")
+    p.add_argument("--html", default=None, help="its HTML path (default: --out as .html)")
+    p.add_argument("--prune-table", nargs="*", default=None, help="FAMILY=CSV (prune tables)")
+    p.add_argument("--prune-figure", nargs="*", default=None, help="FAMILY=PNG (prune figure)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("check-family", help="check a declared family before a sweep")
