@@ -1,6 +1,7 @@
 """Checkpoints: round trips (safetensors, torch state dict), errors, external families."""
 
 import json
+import math
 import os
 import pickle
 
@@ -40,7 +41,9 @@ def test_round_trip_identical_outputs(tmp_path, name):
     meta = {"family": name, "size": size, "step": 7, "seed": 4, "seconds": 1.5, "acc": float("nan")}
     path = checkpoints.save(model, tmp_path / f"step{7:07d}.safetensors", meta)
     loaded, got = checkpoints.load(path)
-    assert got["step"] == 7 and got["seconds"] == 1.5 and got["acc"] is None
+    # NaN is written as "nan" (strict JSON has none) and read back as NaN (io.files)
+    assert got["step"] == 7 and got["seconds"] == 1.5 and math.isnan(got["acc"])
+    assert '"acc": "nan"' in checkpoints.sidecar_path(path).read_text()
     assert got["format"] == "safetensors" and got["path"] == str(path)
     assert not loaded.training
     probe = fam.probe(n=32)
