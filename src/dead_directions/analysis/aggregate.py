@@ -63,7 +63,7 @@ def dask_client(spec: Mapping[str, object] | str | None = None) -> Iterator[obje
     ``dask_jobqueue.SLURMCluster``, opt-in), or a mapping of ``ClusterSpec`` fields (its
     ``kind`` may also be ``"threads"``/``"synchronous"``).
     """
-    import dask
+    import dask  # lazy: dask is heavy and only aggregation needs it
 
     kind = spec.get("kind") if isinstance(spec, Mapping) else spec
     if kind in IN_PROCESS:
@@ -77,7 +77,7 @@ def dask_client(spec: Mapping[str, object] | str | None = None) -> Iterator[obje
 
 def _metrics(ds, dims: Sequence[str]):
     """Lazy metrics of ``ds`` (unstacked store) reduced over ``dims`` (ending in direction)."""
-    import xarray as xr
+    import xarray as xr  # lazy: xarray is heavy and only reading the store needs it
 
     kind = ds["kind"]
     valid = ds["label"] != ""
@@ -119,7 +119,7 @@ def summarize(ds):
     ``layer_params`` are the layer's (pooled: summed over the layers with a count) and
     ``dead_fraction`` their ratio. Returns dims ``(family, size, step, layer)``.
     """
-    import xarray as xr
+    import xarray as xr  # lazy: xarray is heavy and only reading the store needs it
 
     per_layer = _metrics(ds, ("direction",))
     pooled = _metrics(ds, ("layer", "direction")).expand_dims(layer=[POOLED])
@@ -135,7 +135,7 @@ def aggregate(path: str | os.PathLike, dask: Mapping[str, object] | str | None =
     One row per (family, size, step, layer) cell and per (family, size, step) with
     ``layer = "all"``; columns :data:`COLUMNS`. ``dask``: where it runs (:func:`dask_client`).
     """
-    import pandas as pd
+    import pandas as pd  # lazy: pandas is heavy and only the table writers need it
 
     ds = store.open(path)
     if not all(ds.sizes[d] for d in store.LABELS):

@@ -100,7 +100,9 @@ def parse_spec(spec: ClusterSpec | Mapping[str, object] | str | None) -> Cluster
 def slurm_cluster(spec: ClusterSpec):
     """A ``dask_jobqueue.SLURMCluster`` for ``spec`` (not yet scaled)."""
     try:
-        from dask_jobqueue import SLURMCluster
+        from dask_jobqueue import (
+            SLURMCluster,
+        )  # lazy: optional (the `cluster` extra), SLURM clusters only
     except ImportError as err:  # pragma: no cover - depends on the install
         raise ImportError(
             "a SLURM dask cluster needs dask-jobqueue: pip install 'dead-directions[cluster]'."
@@ -127,7 +129,7 @@ def slurm_cluster(spec: ClusterSpec):
 
 def _owning_client(cluster):
     """A ``distributed.Client`` on ``cluster`` that closes the cluster when it closes."""
-    from distributed import Client
+    from distributed import Client  # lazy: dask.distributed starts only when a cluster is asked for
 
     class ClusterClient(Client):
         def close(self, *args, **kwargs):
@@ -151,7 +153,10 @@ def make_client(spec: ClusterSpec | Mapping[str, object] | str | None = None):
     disconnects.
     """
     spec = parse_spec(spec)
-    from distributed import Client, LocalCluster
+    from distributed import (
+        Client,
+        LocalCluster,
+    )  # lazy: dask.distributed starts only when a cluster is asked for
 
     if spec.kind == "address":
         client = Client(spec.address, timeout=spec.timeout)

@@ -13,7 +13,7 @@ def pyplot():
     import matplotlib  # lazy: matplotlib is needed by figures only, and slow to import
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib is slow to import and only figures need it
 
     return plt
 

@@ -6,13 +6,20 @@ default zoo's ``mlp`` family (a full basis read and assembled; no closed form).
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 import math
 import os
 import platform
+import statistics
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -181,7 +188,7 @@ def _dataset(x: torch.Tensor, y: torch.Tensor, likelihood: str):
     or categorical class indices ``(n,)``. Rows are float64 (integers up to 2⁵³ exact);
     :func:`_loss_fn` undoes the packing. Returns ``(dataset, layout)``.
     """
-    from datasets import Dataset
+    from datasets import Dataset  # lazy: optional (the `bench` extra / datasets probes)
 
     n = len(x)
     if len(y) != n:
@@ -236,13 +243,12 @@ class _Frozen(torch.nn.Module):
 
 def _devinterp_llc(model, ds, layout, n_beta, seed, batch_size, kwargs):
     try:
-        from devinterp.slt.llc import llc
+        from devinterp.slt.llc import llc  # lazy: optional (the `bench` extra)
     except ImportError as err:  # pragma: no cover - optional benchmark dependency
         raise ValueError(
             "compare-llc needs devinterp (optional): `pip install --no-deps devinterp==2.0.1` "
             "then `pip install datasets` (never let it replace torch)."
         ) from err
-    import copy
 
     frozen = _Frozen(copy.deepcopy(model))
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
@@ -355,7 +361,6 @@ def calibrated_llc(
 def devinterp_llc(cell, *, n: int = N_DATA, seed: int = 0) -> LLCEstimate:
     """Calibrated devinterp LLC at the cell's deepest true point, nβ = n / log n, on ``n``
     samples drawn from the true model (:func:`calibrated_llc`)."""
-    import copy
 
     point = true_point(cell)
     model = copy.deepcopy(cell.model)
@@ -493,7 +498,6 @@ def zoo_checkpoints(
     used when the file is there; otherwise the zoo trains it (deterministic, seconds for
     the mlp) into ``root`` or a temporary directory.
     """
-    from pathlib import Path
 
     fam = zoo.get_family(family)
     task = fam.task()
@@ -520,7 +524,6 @@ def zoo_checkpoints(
 
 
 def _counts(reads) -> str:
-    from collections import Counter
 
     c = Counter(r.kind for r in reads)
     return "/".join(str(c.get(k, 0)) for k in ("regular", "singular", "gauge", "unresolved"))
@@ -546,10 +549,6 @@ def _cached(cache, name: str, seed: int, compute) -> LLCEstimate:
     given the seed, so a stored one is what ``compute()`` would return."""
     if cache is None:
         return compute()
-    import hashlib
-    import json
-    from dataclasses import asdict
-    from pathlib import Path
 
     procedure = json.dumps(
         [CALIBRATION_GRID, CALIBRATION_RUN, FINAL_RUN, DRIFT_RTOL, DRIFT_ATOL, DRIFT_BATCHES],
@@ -676,7 +675,6 @@ def summary_line(rows) -> str:
     """One sentence counting the cell table's rows (from :func:`compare`'s rows): how often
     each value equals the closed form, its error range and median |error|, and how many
     devinterp estimates passed their diagnostics."""
-    import statistics
 
     def pct(text: str):
         return None if text in ("nan", "—") else float(text.rstrip("%"))
@@ -728,7 +726,6 @@ def default_cells(all_cells: bool = True, pattern: str | None = None):
 
 def machine() -> str:
     """Platform, CPU, thread count and package versions, for the table's caption."""
-    from importlib.metadata import PackageNotFoundError, version
 
     try:
         devinterp = version("devinterp")

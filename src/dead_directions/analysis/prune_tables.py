@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import html
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from tabulate import tabulate
 
 from dead_directions.analysis.figures import embed_figure, pyplot, save_figure
 from dead_directions.analysis.outputs import CAPTIONS, PRUNE_FIGURE
@@ -32,7 +35,7 @@ def load_records(paths: Sequence) -> list[dict]:
 
 def records_frame(records: Sequence[Mapping]):
     """Long table: one row per (family, size, step, layer), plus ``layer == "all"``."""
-    import pandas as pd
+    import pandas as pd  # lazy: pandas is heavy and only the table writers need it
 
     rows = []
     for r in records:
@@ -78,7 +81,6 @@ def _pct(v) -> str:
 
 def write_prune_tables(records: Sequence[Mapping], family: str, csv, md, figure) -> list[Path]:
     """``csv`` (long, every layer), ``md`` (step × size tables) and ``figure`` (PNG)."""
-    from tabulate import tabulate
 
     mine = [r for r in records if r["family"] == family]
     if not mine:
@@ -172,9 +174,8 @@ def _prune_figure(frame, family: str, layers: Sequence[str], path: Path) -> Path
 def report_section(family: str, csv, figure, out) -> tuple[list[str], list[str]]:
     """Markdown lines and HTML parts of one family's removable parameters for the report
     (``dd.report.write_report``); empty when ``csv`` does not exist."""
-    import html
 
-    import pandas as pd
+    import pandas as pd  # lazy: pandas is heavy and only the table writers need it
 
     csv, figure = Path(csv), Path(figure)
     if not csv.is_file():

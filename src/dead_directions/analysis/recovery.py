@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tabulate import tabulate
 from torch import nn
 
 from dead_directions import zoo
@@ -202,9 +204,6 @@ def _fmt(x) -> str:
 
 def cmd_recovery(args) -> int:
     """Per-detector recovery rates over the zoo's final checkpoints."""
-    import sys
-
-    from tabulate import tabulate
 
     families = None if args.family in (None, "all") else args.family.split(",")
     sizes = args.size.split(",") if args.size else None

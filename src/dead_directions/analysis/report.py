@@ -301,7 +301,7 @@ def write_report(
             md += extra_md
             body += extra_html
     if missing is not None:
-        import pandas as pd
+        import pandas as pd  # lazy: pandas is heavy and only the table writers need it
 
         absent = pd.read_csv(missing, dtype=str)
         if len(absent):

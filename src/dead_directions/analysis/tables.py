@@ -8,6 +8,8 @@ import html
 import re
 from collections.abc import Callable, Sequence
 
+from tabulate import tabulate  # lazy: only the table writers need it
+
 from dead_directions import zoo
 
 #: The header of a step × size table's first column.
@@ -39,7 +41,6 @@ def step_size(frame, family: str, column: str, layer: str):
 
 def markdown_table(wide, fmt: Callable[[object], str]) -> str:
     """A step × size table as GitHub Markdown, each value written by ``fmt``."""
-    from tabulate import tabulate  # lazy: only the table writers need it
 
     rows = [[step, *(fmt(v) for v in row)] for step, row in wide.iterrows()]
     headers = [CORNER, *map(str, wide.columns)]

@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from tabulate import tabulate
+
 
 @dataclass(frozen=True)
 class JobTime:
@@ -105,7 +107,6 @@ def summarise(jobs: list[JobTime]) -> SweepTiming:
 
 def format_table(timing: SweepTiming, tablefmt: str = "github") -> str:
     """The per-rule table and a line with the sweep's wall time."""
-    from tabulate import tabulate
 
     rows = [
         [

@@ -8,6 +8,8 @@ import math
 import sys
 import time
 
+from tabulate import tabulate
+
 from dead_directions.nn.constructed import read_cells
 
 # Subcommands live beside the concept they expose: each module named here defines
@@ -35,7 +37,6 @@ def _fmt(x: float | None, digits: int = 3) -> str:
 
 def cmd_constructed(args) -> int:
     """Read every constructed cell and print predicted vs measured kind and order."""
-    from tabulate import tabulate
 
     rows, failures = [], 0
     for cell in read_cells(n_inputs=args.inputs, seed=args.seed):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+from tabulate import tabulate
 
 from dead_directions import zoo
 from dead_directions.analysis.llc_compare import (
@@ -29,7 +30,6 @@ from dead_directions.analysis.llc_compare import (
 
 def cmd_compare(args) -> int:
     """Closed form vs structured / blind assembly vs calibrated devinterp, with times."""
-    from tabulate import tabulate
 
     torch.set_num_threads(args.threads)
     sizes = [s for s in (args.zoo or "").split(",") if s and s != "none"]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from tabulate import tabulate
 
 from dead_directions.analysis.prune_tables import load_records, write_prune_tables
 from dead_directions.cli.args import step_path
@@ -25,7 +27,6 @@ def _prune_options(args) -> dict:
 
 def cmd_prune(args) -> int:
     """Detect, read and prune one checkpoint; write the pruned checkpoint under ``--out``."""
-    from tabulate import tabulate
 
     model, pruned, report, meta = prune_checkpoint(
         args.checkpoint, args.family, **_prune_options(args)
@@ -66,7 +67,6 @@ def cmd_removable(args) -> int:
     """The removable fraction of parameters per layer of checkpoints: a JSON list with one
     record per checkpoint at ``--out``. One process for all steps of a size (the workflow's
     job): the imports cost more than pruning a small model."""
-    import time
 
     if args.threads:
         torch.set_num_threads(args.threads)

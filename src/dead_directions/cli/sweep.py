@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tabulate import tabulate
+from tqdm.auto import tqdm
 
 from dead_directions import detectors, zoo
 from dead_directions.analysis.aggregate import aggregate, table_paths, write_tables
@@ -351,7 +353,6 @@ def cmd_measure_checkpoint(args) -> int:
     per-checkpoint unit of work): the model and probe load once; each layer's directions
     are saved under ``--directions-dir`` and written as its own store cell, exactly as the
     per-layer `detect` and `measure` jobs do; then the checkpoint's marker is written."""
-    from tqdm.auto import tqdm
 
     started = time.perf_counter()
     _threads(args.threads)
@@ -457,7 +458,7 @@ def cmd_aggregate(args) -> int:
 
 
 def _summary(path):
-    import pandas as pd
+    import pandas as pd  # lazy: pandas is heavy and only the table writers need it
 
     path = Path(path)
     if not path.exists():
@@ -537,7 +538,7 @@ def cmd_check_family(args) -> int:
 
 def cmd_missing(args) -> int:
     """Write the table of checkpoints the config lists but the disk lacks (CSV)."""
-    import pandas as pd
+    import pandas as pd  # lazy: pandas is heavy and only the table writers need it
 
     try:
         records = json.loads(args.records)
@@ -555,7 +556,6 @@ def cmd_missing(args) -> int:
 
 def cmd_read(args) -> int:
     """Detect and read the directions of one checkpoint; print a table; optionally store."""
-    from tabulate import tabulate
 
     started = time.perf_counter()
     _threads(args.threads)
@@ -594,7 +594,6 @@ def cmd_read(args) -> int:
         else {}
     )
     rows, per_layer = [], {}
-    from tqdm.auto import tqdm
 
     for layer in tqdm(layers, desc="layers", unit="layer", disable=not on_terminal()):
         found, _ = detect_cell(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import time
 
+from tabulate import tabulate
+
 from dead_directions.io import checkpoints
 from dead_directions.zoo import FAMILIES, get_family, train_zoo, trainable
 
@@ -23,8 +25,6 @@ def _parse_steps(text: str | None) -> list[int] | None:
 
 def cmd_train(args) -> int:
     """Train zoo checkpoints and print a table of the final metrics per run."""
-
-    from tabulate import tabulate
 
     names = trainable() if args.family == "all" else [args.family]
     for name in names:

