@@ -33,7 +33,7 @@ KIND_COLOURS = {
 FIGURES = ("dead_dimension", "order_heatmap", "direction_counts", "rate_curves")
 #: The headline (first) table, then the per-family tables.
 HEADLINE_METRIC = "dead_fraction"
-REPORT_METRICS = ("dead_dim", "n_dead", "order_median", "recovery")
+REPORT_METRICS = ("dead_dim", "n_dead", "order_median", "recovery", "recovery_base", "n_off_locus")
 
 
 def _plt():

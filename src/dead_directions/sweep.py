@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import store
+from .direction import BASE_TOL
 
 DTYPES = ("auto", "float64", "float32")
 SPEC_HELP = "a declared family's config entry as JSON (dd.declared); default: the zoo family"
@@ -776,7 +777,7 @@ def cmd_aggregate(args) -> int:
     from .aggregate import aggregate
 
     started = time.perf_counter()
-    frame = aggregate(args.store, _dask_spec(args.dask))
+    frame = aggregate(args.store, _dask_spec(args.dask), base_tol=args.base_tol)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out, index=False)
@@ -1087,6 +1088,13 @@ def add_parser(sub) -> None:
         default="local",
         help="local (LocalCluster), threads, synchronous, tcp://address, slurm, or a JSON "
         "mapping of dead_directions.cluster.ClusterSpec fields",
+    )
+    p.add_argument(
+        "--base-tol",
+        type=float,
+        default=BASE_TOL,
+        help="a base read counts as recovered only where the base lies within this distance "
+        "of the checkpoint, relative to the norm of the tensors it moves (default %(default)g)",
     )
     p.set_defaults(func=cmd_aggregate)
 

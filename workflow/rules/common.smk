@@ -51,6 +51,8 @@ METRICS = [
     "order_min",
     "order_max",
     "recovery",
+    "recovery_base",
+    "n_off_locus",
 ]
 FIGURES = ["dead_dimension", "order_heatmap", "direction_counts", "rate_curves"]
 CELL = "{family}/{size}/step{step}/{layer}"
