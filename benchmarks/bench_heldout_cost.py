@@ -13,7 +13,9 @@ changes hit them alike): ``full`` (today's read: held-out confirmation and each
 direction with a base read at the checkpoint too), ``no checkpoint read``
 (``read_at_checkpoint=False``) and ``neither`` (the fit part with nothing held out and no
 checkpoint read: the read before issue 16). Prints per-variant read seconds and the
-ratios, and checks that ``full`` reproduces the store's kinds.
+ratios, and checks that ``full`` reproduces the store's kinds. The order of the variants
+rotates from cell to cell, so that the first read of a cell (which pays its warm-up) is
+spread evenly over them.
 
     python benchmarks/bench_heldout_cost.py
     python benchmarks/bench_heldout_cost.py --sweep results
@@ -53,12 +55,13 @@ def cells_mode() -> None:
     )
 
 
-def sweep_mode(results: Path) -> None:
+def sweep_mode(results: Path, max_cells: int | None = None) -> None:
     from dead_directions import store, sweep
 
     path = results / "store.zarr"
     radii = store.layout(path).radii
     done = sorted(store.done_cells(path), key=lambda k: (k.family, k.size, k.step, k.layer))
+    done = done[:max_cells] if max_cells else done
     variants = {
         "full": dd.ReadOptions(),
         "no checkpoint read": dd.ReadOptions(read_at_checkpoint=False),
@@ -71,7 +74,7 @@ def sweep_mode(results: Path) -> None:
         for key, ds in store.cell_datasets(path, done).items()
     }
     probes = {}
-    for key in done:
+    for index, key in enumerate(done):
         fam = sweep.family(key.family)
         ckpt = results / "checkpoints" / key.family / key.size / f"step{key.step:07d}.safetensors"
         dfile = results / "directions" / key.family / key.size / f"step{key.step:07d}"
@@ -86,7 +89,10 @@ def sweep_mode(results: Path) -> None:
         probe = probes[key.family]
         fit, _ = dd.split_probe(probe)
         common = dict(likelihood=fam.likelihood, output=fam.output, radii=radii, seed=0)
-        for name, options in variants.items():
+        names = list(variants)
+        turn = index % len(names)  # rotate which variant goes first (it pays the warm-up)
+        for name in names[turn:] + names[:turn]:
+            options = variants[name]
             inputs = fit if name == "neither" else probe
             start = time.perf_counter()
             reads = dd.read_many(model, inputs, dirs, options=options, **common)
@@ -97,6 +103,11 @@ def sweep_mode(results: Path) -> None:
                 n_gauge += sum(k == "gauge" for k in kinds)
                 n_based += sum(bool(d.base) for d in dirs)
         n_dirs += len(dirs)
+        print(
+            f"{key.family}/{key.size}/step{key.step}/{key.layer}: {len(dirs)} directions; "
+            "cumulative s: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()),
+            flush=True,
+        )
     base = seconds["neither"]
     record = {
         "cells": len(done),
@@ -121,12 +132,13 @@ def sweep_mode(results: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweep", type=Path, default=None, help="a sweep's results folder")
+    parser.add_argument("--max-cells", type=int, default=None, help="sweep: the first N cells")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.sweep is None:
         cells_mode()
     else:
-        sweep_mode(args.sweep)
+        sweep_mode(args.sweep, args.max_cells)
 
 
 if __name__ == "__main__":

@@ -937,9 +937,13 @@ def cmd_read(args) -> int:
                     _fmt(r.nu),
                     _fmt(r.correctability),
                     f"{r.magnitude:.1e}",
+                    # a direction with a base is read at the base and at the checkpoint
+                    f"{r.checkpoint_kind} {_fmt(r.checkpoint_order)}" if r.has_base else "—",
+                    f"{r.base_distance:.1e}" if r.has_base else "—",
                 ]
             )
     headers = ["layer", "direction", "kind", "k̂", "pred kind", "pred k", "λ", "ν", "ρ", "g/g_ref"]
+    headers += ["at checkpoint", "base dist"]
     print(tabulate(rows, headers=headers, tablefmt=args.format))
     seconds = time.perf_counter() - started
     print(f"\n{len(rows)} directions in {len(layers)} layers read in {seconds:.1f} s.")
