@@ -89,7 +89,8 @@ def test_width_sweep_attention_qk_orbit_is_a_gauge(width):
     ρ ≤ 1e-8). Width 256 has 131 072 correction parameters: its 512 sequences of 5 tokens
     (384 fit: 491 520 equations, 3.75 per parameter) are about the fewest that decide —
     on 300 (2.2 per parameter) CGLS stops at ρ ≈ 2e-4 after its 200 iterations and the read
-    says `undetermined` — so it is not made smaller; about 85 s on one loaded core."""
+    says `undetermined` — so it is not made smaller; about 60 s of CPU (85–256 s wall on
+    the loaded 2-core machine)."""
     (cell,) = width_cells(width, noise=1e-10, kinds=("attention-qk",))
     r = cell.read()
     _assert_reads_prediction(r, "gauge", math.inf)
