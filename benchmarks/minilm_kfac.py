@@ -4,7 +4,8 @@ The probe's fit part (the first 3/4 of the shipped sentences) goes to the detect
 the read's curves and ρ; the last quarter is held out, and every gauge verdict must hold
 there (METHOD §3 rule 1). Layers whose fan-in exceeds the fit part's tokens have a
 data-induced kernel: K-FAC's bottom eigenvectors are flat on the probe but not off it,
-and read `undetermined`. Prints a Markdown table: layer, fan-in, kinds.
+and read `undetermined`. Prints a Markdown table: layer, fan-in, kinds, seconds — a row
+per layer as soon as it is read (detect and read one layer at a time).
 
     python benchmarks/minilm_kfac.py [--n 8] [--per-layer 4]
 """
@@ -37,27 +38,36 @@ def main() -> None:
     tokens = int(fit["attention_mask"].sum())
     held_tokens = int(held["attention_mask"].sum())
     kw = dict(output=minilm.last_hidden_state)
-    dirs = dd.detect(
-        model, fit, detectors=["kfac"], max_per_layer=args.per_layer, layers=args.layers, **kw
-    )
-    reads = dd.read_many(model, fit, dirs, heldout=held, **kw)
     modules = dict(model.named_modules())
-    by_layer: dict[str, Counter] = {}
-    for r in reads:
-        by_layer.setdefault(r.layer, Counter())[r.kind] += 1
+    names = args.layers or [n for n, m in modules.items() if isinstance(m, torch.nn.Linear)]
     print(
         f"all-MiniLM-L6-v2, {args.n} sentences: fit {tokens} tokens, held out {held_tokens}; "
-        f"{len(reads)} kfac directions ({args.per_layer} per layer) in "
-        f"{time.perf_counter() - started:.0f} s\n"
+        f"kfac, {args.per_layer} directions per layer, {len(names)} layers (a row per layer "
+        "as it is read)\n",
+        flush=True,
     )
-    print("| layer | fan-in | " + " | ".join(KINDS) + " |")
-    print("|---|---|" + "---|" * len(KINDS))
+    print("| layer | fan-in | " + " | ".join(KINDS) + " | s |")
+    print("|---|---|" + "---|" * (len(KINDS) + 1), flush=True)
     total = Counter()
-    for layer, counts in by_layer.items():
+    n_reads = 0
+    for name in names:
+        layer_started = time.perf_counter()
+        dirs = dd.detect(
+            model, fit, detectors=["kfac"], max_per_layer=args.per_layer, layers=[name], **kw
+        )
+        reads = dd.read_many(model, fit, dirs, heldout=held, **kw) if dirs else []
+        counts = Counter(r.kind for r in reads)
         total += counts
-        fan_in = getattr(modules.get(layer), "in_features", "")
-        print(f"| {layer} | {fan_in} | " + " | ".join(str(counts[k]) for k in KINDS) + " |")
-    print("| all | | " + " | ".join(str(total[k]) for k in KINDS) + " |")
+        n_reads += len(reads)
+        fan_in = getattr(modules.get(name), "in_features", "")
+        print(
+            f"| {name} | {fan_in} | "
+            + " | ".join(str(counts[k]) for k in KINDS)
+            + f" | {time.perf_counter() - layer_started:.0f} |",
+            flush=True,
+        )
+    print("| all | | " + " | ".join(str(total[k]) for k in KINDS) + " | |")
+    print(f"\n{n_reads} kfac directions in {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

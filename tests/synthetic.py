@@ -42,6 +42,12 @@ def reads_for(key: store.CellKey, n: int | None = None) -> list[Read]:
         expo = 0.0 if not math.isfinite(order) else 2 * (order - 1)
         fisher = (1.0 + 0.01 * seed) * (radii * scale) ** expo
         predicted = "singular" if j % 3 else None
+        # every third direction carries a base 1e-2, 1e-3 or 1e-4 away (relative); its read
+        # at the checkpoint is regular or the base read's kind, alternately
+        based = j % 3 == 2
+        distance = 10.0 ** -(2 + (seed + j) % 3) if based else math.nan
+        at_checkpoint = "regular" if based and (seed + j) % 2 else kind
+        checkpoint_order = 1.0 if at_checkpoint == "regular" else order
         out.append(
             Read(
                 name=f"{key.layer}:d{j}",
@@ -64,6 +70,10 @@ def reads_for(key: store.CellKey, n: int | None = None) -> list[Read]:
                 predicted_order=2.0 if predicted else None,
                 note=f"n{j}",
                 seconds=0.01,
+                base_distance=distance,
+                checkpoint_kind=at_checkpoint,
+                checkpoint_order=checkpoint_order,
+                checkpoint_magnitude=10.0**-j,
             )
         )
     return out

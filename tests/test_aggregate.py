@@ -20,9 +20,16 @@ def summary(tmp_path_factory):
     return path, aggregate.aggregate(path, "threads")
 
 
-def _expected(reads):
+def _matches(kind, order, r):
+    return kind == r.predicted_kind and (
+        math.isinf(r.predicted_order) or abs(order - r.predicted_order) <= 0.05
+    )
+
+
+def _expected(reads, base_tol=1e-3):
     finite = [r.order for r in reads if math.isfinite(r.order)]
-    predicted = [r for r in reads if r.matches_prediction is not None]
+    predicted = [r for r in reads if r.predicted_kind is not None]
+    based = [r for r in predicted if math.isfinite(r.base_distance)]
     return {
         "n_directions": len(reads),
         **{f"n_{k}": sum(r.kind == k for r in reads) for k in KINDS},
@@ -32,7 +39,14 @@ def _expected(reads):
         "order_q25": float(np.quantile(finite, 0.25)) if finite else math.nan,
         "order_max": max(finite, default=math.nan),
         "n_predicted": len(predicted),
-        "n_recovered": sum(bool(r.matches_prediction) for r in predicted),
+        # recovery at the checkpoint: the read there (the twin read for a based direction)
+        "n_recovered": sum(_matches(r.checkpoint_kind, r.checkpoint_order, r) for r in predicted),
+        "n_based": len(based),
+        # at the base: only where the base is within base_tol (1e-3 itself counts)
+        "n_recovered_base": sum(
+            _matches(r.kind, r.order, r) and r.base_distance <= base_tol for r in based
+        ),
+        "n_off_locus": sum(r.base_distance > base_tol for r in based),
     }
 
 
@@ -77,6 +91,28 @@ def test_pooled_metrics_pool_the_layers_of_a_checkpoint(summary):
             _check(row, want)
             _check(row, _dead([k for k in CELLS if (k.size, k.step) == (size, step)]))
             assert row["recovery"] == pytest.approx(want["n_recovered"] / want["n_predicted"])
+            if want["n_based"]:
+                assert row["recovery_base"] == pytest.approx(
+                    want["n_recovered_base"] / want["n_based"]
+                )
+
+
+def test_recovery_at_the_base_depends_on_base_tol(summary):
+    """The same store at base_tol 1e-2: every base (1e-4 … 1e-2 away) is on the locus."""
+    path, frame = summary
+    wide = aggregate.aggregate(path, "threads", base_tol=1e-2)
+    pooled = wide[wide["layer"] == "all"]
+    reads = [r for k in CELLS for r in reads_for(k)]
+    loose, strict = _expected(reads, 1e-2), _expected(reads, 1e-3)
+    assert int(pooled["n_off_locus"].sum()) == loose["n_off_locus"] == 0
+    assert int(pooled["n_recovered_base"].sum()) == loose["n_recovered_base"]
+    narrow = frame[frame["layer"] == "all"]
+    assert int(narrow["n_off_locus"].sum()) == strict["n_off_locus"] > 0
+    assert int(narrow["n_recovered_base"].sum()) == strict["n_recovered_base"]
+    assert strict["n_recovered_base"] < loose["n_recovered_base"]
+    assert set(wide["base_tol"]) == {1e-2} and set(frame["base_tol"]) == {1e-3}
+    with pytest.raises(ValueError, match="base_tol"):
+        aggregate.aggregate(path, "threads", base_tol=-1.0)
 
 
 def test_a_local_cluster_gives_the_same_numbers(summary):

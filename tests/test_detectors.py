@@ -375,6 +375,7 @@ def test_recovery_rate_on_the_tiny_zoo(tmp_path, capsys):
     from dead_directions.analysis.recovery import rates, zoo_recovery
     from dead_directions.cli import main
 
+    truth = []
     outcomes = zoo_recovery(
         tmp_path,
         families=["mlp-z2", "cnn", "transformer"],
@@ -383,19 +384,28 @@ def test_recovery_rate_on_the_tiny_zoo(tmp_path, capsys):
         tiny=True,
         probe=32,
         max_per_layer=1,
+        truth=truth,
     )
     table = rates(outcomes)
-    ok, n = table["all"]
-    # Recovery is measured, not constructed: the read may decline to decide (a duplicate
-    # pair that fires identically on the fit part only, a ReLU unit too rarely active on
-    # 24 sequences for its rescaling's correction to transfer to held-out ones, attention
-    # Q/K with more correction parameters than equations), but never contradicts.
-    wrong = [o for o in outcomes if not o.matched and o.kind != "undetermined"]
+    ok, n = table["all"].recovered, table["all"].predicted
+    # Recovery is measured at the checkpoint, not constructed: the read may decline to
+    # decide (a duplicate pair that fires identically on the fit part only, a ReLU unit too
+    # rarely active on 24 sequences for its rescaling's correction to transfer to held-out
+    # ones, attention Q/K with more correction parameters than equations), but never
+    # contradicts.
+    wrong = [o for o in outcomes if not o.matched and o.checkpoint_kind != "undetermined"]
     assert n >= 8 and ok / n >= 0.75 and not wrong, [o for o in outcomes if not o.matched]
     assert {"layernorm_kernel", "softmax_shift", "attention_qk", "relu_rescale"} <= set(table)
+    # The tiny recipe plants no node death (sidecar dead_units all 0): a unit dead_unit
+    # flags anyway is not planted, its base is off the locus and not counted as recovered.
+    assert truth and all(t.planted == () and t.sidecar == 0 for t in truth)
+    flagged = [o for o in outcomes if o.detector == "dead_unit" and o.planted is not None]
+    assert flagged
+    for o in flagged:
+        assert o.planted is False and o.off_locus() and not o.recovered_at_base()
     code = main(["recovery", "--root", str(tmp_path), "--family", "mlp-z2", "--probe", "32"])
     printed = capsys.readouterr().out
-    assert code == 0 and "relu_rescale" in printed and "rate" in printed
+    assert code == 0 and "relu_rescale" in printed and "recovered at the checkpoint" in printed
 
 
 def test_config_chooses_detectors_per_layer_type():

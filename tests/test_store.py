@@ -51,6 +51,15 @@ def test_round_trip_labels_values_units_and_provenance(tmp_path):
         )
         want = [-1 if r.matches_prediction is None else int(r.matches_prediction) for r in reads]
         assert list(cell["matches"].values[:n]) == want
+        np.testing.assert_array_equal(
+            cell["base_distance"].values[:n], [r.base_distance for r in reads]
+        )
+        assert list(cell["checkpoint_kind"].values[:n]) == [r.checkpoint_kind for r in reads]
+        np.testing.assert_array_equal(
+            cell["checkpoint_order"].values[:n], [r.checkpoint_order for r in reads]
+        )
+        at = [r.matches_at_checkpoint for r in reads]
+        assert list(cell["checkpoint_matches"].values[:n]) == [-1 if m is None else m for m in at]
         assert cell["git_commit"].item() == "test" and cell["device"].item() == "cpu"
         assert cell["seed"].item() == 0 and cell["wall_seconds"].item() == 1.0
         marker = json.loads(store.marker_path(path, key).read_text())

@@ -20,9 +20,10 @@ rule aggregate:
         store=STORE,
         generation=store_generation(),
         dask=dask_spec,
+        base_tol=config["base_tol"],
     shell:
         "dead-directions aggregate --store {params.store:q} --dask {params.dask:q} "
-        "--out {output:q} > {log:q} 2>&1"
+        "--base-tol {params.base_tol:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule tables:

@@ -13,7 +13,7 @@ import numpy as np
 from dead_directions.analysis.cluster import make_client
 from dead_directions.analysis.outputs import METRICS
 from dead_directions.analysis.tables import markdown_table, step_size
-from dead_directions.core.direction import KINDS
+from dead_directions.core.direction import BASE_TOL, KINDS
 from dead_directions.io import files, store
 
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -32,9 +32,23 @@ COLUMNS = (
     "n_predicted",
     "n_recovered",
     "recovery",
+    "n_based",
+    "n_recovered_base",
+    "n_off_locus",
+    "recovery_base",
+    "base_tol",
     "dead_dim",
     "layer_params",
     "dead_fraction",
+)
+INTEGERS = (
+    "n_directions",
+    "n_dead",
+    "n_predicted",
+    "n_recovered",
+    "n_based",
+    "n_recovered_base",
+    "n_off_locus",
 )
 
 #: Stated above the dead-dimension tables.
@@ -75,7 +89,7 @@ def dask_client(spec: Mapping[str, object] | str | None = None) -> Iterator[obje
         yield client
 
 
-def _metrics(ds, dims: Sequence[str]):
+def _metrics(ds, dims: Sequence[str], base_tol: float = BASE_TOL):
     """Lazy metrics of ``ds`` (unstacked store) reduced over ``dims`` (ending in direction)."""
     import xarray as xr  # lazy: xarray is heavy and only reading the store needs it
 
@@ -95,8 +109,15 @@ def _metrics(ds, dims: Sequence[str]):
         out[name] = q.sel(quantile=value, drop=True)
     matches = ds["matches"]
     out["n_predicted"] = (matches >= 0).sum(dims)
-    out["n_recovered"] = (matches == 1).sum(dims)
+    out["n_recovered"] = (ds["checkpoint_matches"] == 1).sum(dims)
     out["recovery"] = out["n_recovered"] / out["n_predicted"].where(out["n_predicted"] > 0)
+    distance = ds["base_distance"]
+    based = (matches >= 0) & np.isfinite(distance)
+    on_locus = distance <= base_tol
+    out["n_based"] = based.sum(dims)
+    out["n_recovered_base"] = (based & (matches == 1) & on_locus).sum(dims)
+    out["n_off_locus"] = (based & ~on_locus).sum(dims)
+    out["recovery_base"] = out["n_recovered_base"] / out["n_based"].where(out["n_based"] > 0)
     counted = ds["dead_dim"] >= 0
     cell_dims = [d for d in dims if d != "direction"]
     dead = ds["dead_dim"].where(counted)
@@ -109,43 +130,55 @@ def _metrics(ds, dims: Sequence[str]):
     return xr.Dataset(out)
 
 
-def summarize(ds):
+def summarize(ds, base_tol: float = BASE_TOL):
     """Per-cell and per-checkpoint (``layer = "all"``) metrics of an unstacked store; lazy.
 
     ``ds``: :func:`dead_directions.io.store.open`. Counts are per kind; order quantiles are
     over the finite measured orders (regular and singular reads; gauges read k = ∞ and
     unresolved reads NaN are left out); ``recovery`` is the fraction of directions with a
-    prediction whose read matches it (``dd.Read.matches_prediction``); ``dead_dim`` and
+    prediction whose read at the checkpoint matches it (``dd.Read.matches_at_checkpoint``);
+    ``recovery_base`` the fraction of those with a base whose base read matches with the
+    base within ``base_tol`` of the checkpoint (``dd.Read.recovered_at_base``),
+    ``n_off_locus`` how many bases lie farther (METHOD §5); ``dead_dim`` and
     ``layer_params`` are the layer's (pooled: summed over the layers with a count) and
     ``dead_fraction`` their ratio. Returns dims ``(family, size, step, layer)``.
     """
     import xarray as xr  # lazy: xarray is heavy and only reading the store needs it
 
-    per_layer = _metrics(ds, ("direction",))
-    pooled = _metrics(ds, ("layer", "direction")).expand_dims(layer=[POOLED])
+    per_layer = _metrics(ds, ("direction",), base_tol)
+    pooled = _metrics(ds, ("layer", "direction"), base_tol).expand_dims(layer=[POOLED])
     present = (ds["n_directions"] >= 0).any("layer").expand_dims(layer=[POOLED])
     pooled = pooled.where(present)
     per_layer = per_layer.where(ds["n_directions"] >= 0)
     return xr.concat([pooled, per_layer], dim="layer")
 
 
-def aggregate(path: str | os.PathLike, dask: Mapping[str, object] | str | None = None):
+def aggregate(
+    path: str | os.PathLike,
+    dask: Mapping[str, object] | str | None = None,
+    base_tol: float = BASE_TOL,
+):
     """Summarise the completed cells of the store at ``path``; a tidy ``pandas.DataFrame``.
 
     One row per (family, size, step, layer) cell and per (family, size, step) with
     ``layer = "all"``; columns :data:`COLUMNS`. ``dask``: where it runs (:func:`dask_client`).
+    ``base_tol``: a base read counts as recovered only where the base lies within this
+    relative distance of the checkpoint (stored in the ``base_tol`` column).
     """
+    if not (isinstance(base_tol, int | float) and base_tol >= 0 and math.isfinite(base_tol)):
+        raise ValueError(f"base_tol must be a finite number ≥ 0, got {base_tol!r}.")
     import pandas as pd  # lazy: pandas is heavy and only the table writers need it
 
     ds = store.open(path)
     if not all(ds.sizes[d] for d in store.LABELS):
         return pd.DataFrame(columns=list(COLUMNS))
     with dask_client(dask):
-        summary = summarize(ds).compute()
+        summary = summarize(ds, base_tol).compute()
     frame = summary.to_dataframe().reset_index()
     frame = frame[frame["n_directions"].notna()]
-    for name in (*COUNTS, "n_directions", "n_dead", "n_predicted", "n_recovered"):
+    for name in (*COUNTS, *INTEGERS):
         frame[name] = frame[name].astype(int)
+    frame["base_tol"] = float(base_tol)
     frame["layer_rank"] = (frame["layer"] != POOLED).astype(int)
     frame = frame.sort_values(["family", "size", "step", "layer_rank", "layer"])
     return frame.drop(columns="layer_rank")[list(COLUMNS)].reset_index(drop=True)
@@ -166,8 +199,10 @@ def format_value(value, metric: str) -> str:
         return "—"
     if metric.startswith("n_"):
         return str(int(value))
-    if metric in ("recovery", "dead_fraction"):
-        return f"{100 * value:.0f} %" if metric == "recovery" else f"{100 * value:.1f} %"
+    if metric in ("recovery", "recovery_base"):
+        return f"{100 * value:.0f} %"
+    if metric == "dead_fraction":
+        return f"{100 * value:.1f} %"
     if metric in ("dead_dim", "layer_params"):
         return str(int(value))
     return f"{value:.2f}"
@@ -220,6 +255,8 @@ def write_tables(
         lines += [f"## {metric}: {meaning}", ""]
         if metric == "dead_fraction":
             lines += [DEAD_DIMENSION_NOTE, ""]
+        if metric in ("recovery_base", "n_off_locus") and "base_tol" in sub:
+            lines += [f"base_tol = {float(sub['base_tol'].iloc[0]):g}", ""]
         lines += [markdown(parts[POOLED], metric), ""]
     per_layer = ["## order_median per layer", ""]
     for layer in layers[1:]:

@@ -1,11 +1,20 @@
-"""Recovery rate: how many structurally predicted directions read as their prediction says."""
+"""Recovery rate: how many structurally predicted directions read as their prediction says.
+
+Recovery is measured, not constructed (METHOD §5): a detector's base projection makes its
+prediction true there (zeroing a flagged unit creates the node death it predicts), so every
+direction is scored by its read at the checkpoint, and a direction with a base also by its
+read at the base, counted only where the base lies within ``base_tol`` of the checkpoint
+(relative to the norm of the tensors it moves); farther bases are off-locus. On the zoo,
+which units are dead comes from what training planted (``dd.zoo.dead_unit_indices``, the
+sidecar's ``dead_units`` counts), not from the detector.
+"""
 
 from __future__ import annotations
 
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +22,7 @@ from tabulate import tabulate
 from torch import nn
 
 from dead_directions import zoo
+from dead_directions.core.direction import BASE_TOL
 from dead_directions.core.read import read_many, split_probe
 from dead_directions.detectors import detect
 from dead_directions.io import checkpoints
@@ -31,8 +41,18 @@ STRUCTURAL = (
 
 @dataclass(frozen=True)
 class Outcome:
-    """One predicted direction and its read: ``matched`` is ``Read.matches_prediction``
-    with the order tolerance ``order_tol`` (kind equal; |k̂ − k| ≤ tol for finite k)."""
+    """One predicted direction and its reads.
+
+    ``kind``/``order``/``magnitude``/``correctability`` are the read where the prediction
+    is made (at the base for a direction with one); ``checkpoint_kind``/``checkpoint_order``
+    the read at the checkpoint itself. ``matched``: the read at the checkpoint matches the
+    prediction (kind equal; |k̂ − k| ≤ ``order_tol`` for finite k) — recovery at the
+    checkpoint. ``base_distance``: the base's distance from the checkpoint relative to the
+    norm of the tensors it moves (NaN without a base); ``matched_base``: the base read
+    matches (true by construction for a projection; counted as recovered only on the
+    locus, :meth:`recovered_at_base`). ``planted``: for a ``dead_unit`` direction in a zoo
+    MLP block, whether training planted that unit's death (None where nothing is known).
+    """
 
     source: str
     name: str
@@ -45,15 +65,45 @@ class Outcome:
     magnitude: float
     correctability: float
     matched: bool
+    checkpoint_kind: str = ""
+    checkpoint_order: float = math.nan
+    base_distance: float = math.nan
+    matched_base: bool | None = None
+    planted: bool | None = None
+    unit: int | None = None
+
+    @property
+    def has_base(self) -> bool:
+        return not math.isnan(self.base_distance)
+
+    def off_locus(self, base_tol: float = BASE_TOL) -> bool:
+        """A base farther than ``base_tol`` from the checkpoint."""
+        return self.has_base and not self.base_distance <= base_tol
+
+    def recovered_at_base(self, base_tol: float = BASE_TOL) -> bool:
+        """The base read matches and the base lies within ``base_tol`` of the checkpoint."""
+        return self.has_base and bool(self.matched_base) and not self.off_locus(base_tol)
 
 
-def matches(read, order_tol: float) -> bool:
-    if read.kind != read.predicted_kind:
+def matches(read, order_tol: float, at_checkpoint: bool = False) -> bool:
+    """``read`` (or, with ``at_checkpoint``, its read at the checkpoint) against its
+    prediction: kind equal and, for a finite predicted order, |k̂ − k| ≤ ``order_tol``."""
+    kind = read.checkpoint_kind if at_checkpoint else read.kind
+    order = read.checkpoint_order if at_checkpoint else read.order
+    if kind != read.predicted_kind:
         return False
     k = read.predicted_order
     if k is None or math.isinf(k):
         return True
-    return abs(read.order - k) <= order_tol
+    return abs(order - k) <= order_tol
+
+
+def _block(layer: str) -> str | None:
+    """The zoo MLP block of a ``dead_unit`` direction's producer ``…fc1`` (``"."`` at the
+    root), the key of ``dd.zoo.dead_unit_indices``."""
+    if layer == "fc1":
+        return "."
+    return layer[: -len(".fc1")] if layer.endswith(".fc1") else None
 
 
 def recovery(
@@ -68,10 +118,14 @@ def recovery(
     source: str = "",
     order_tol: float = 0.1,
     read_options=None,
+    planted: Mapping[str, Sequence[int]] | None = None,
 ) -> list[Outcome]:
     """Detect with ``detectors`` on the fit part of ``inputs`` (:func:`~dead_directions.
     read.split_probe`), read every direction that carries a prediction (gauges confirmed
-    on the held-out part), compare."""
+    on the held-out part) at the checkpoint and, where it has one, at its base; compare.
+
+    ``planted``: MLP block → the units whose death was planted (``dd.zoo.
+    dead_unit_indices``); sets ``Outcome.planted`` of the ``dead_unit`` directions there."""
 
     fit, heldout = split_probe(inputs)
     dirs = [
@@ -99,33 +153,78 @@ def recovery(
         options=read_options,
         heldout=heldout,
     )
-    return [
-        Outcome(
-            source=source,
-            name=r.name,
-            detector=r.detector,
-            layer=r.layer,
-            predicted_kind=r.predicted_kind,
-            predicted_order=r.predicted_order,
-            kind=r.kind,
-            order=r.order,
-            magnitude=r.magnitude,
-            correctability=r.correctability,
-            matched=matches(r, order_tol),
+    out = []
+    for d, r in zip(dirs, reads, strict=True):
+        known = None
+        block = _block(d.layer) if d.detector == "dead_unit" else None
+        if planted is not None and block in planted and "unit" in d.meta:
+            known = int(d.meta["unit"]) in set(planted[block])
+        out.append(
+            Outcome(
+                source=source,
+                name=r.name,
+                detector=r.detector,
+                layer=r.layer,
+                predicted_kind=r.predicted_kind,
+                predicted_order=r.predicted_order,
+                kind=r.kind,
+                order=r.order,
+                magnitude=r.magnitude,
+                correctability=r.correctability,
+                matched=matches(r, order_tol, at_checkpoint=bool(r.checkpoint_kind)),
+                checkpoint_kind=r.checkpoint_kind,
+                checkpoint_order=r.checkpoint_order,
+                base_distance=r.base_distance,
+                matched_base=matches(r, order_tol) if r.has_base else None,
+                planted=known,
+                unit=int(d.meta["unit"]) if block is not None and "unit" in d.meta else None,
+            )
         )
-        for r in reads
-    ]
+    return out
 
 
-def rates(outcomes: Iterable[Outcome]) -> dict[str, tuple[int, int]]:
-    """Detector → (matched, predicted); key ``'all'`` for the total."""
+@dataclass(frozen=True)
+class Rates:
+    """Recovery counts of one detector: ``predicted`` directions, ``recovered`` at the
+    checkpoint; of the ``based`` ones (with a base projection), ``recovered_base`` (base
+    read matches, base within ``base_tol``) and ``off_locus`` (base farther)."""
+
+    predicted: int = 0
+    recovered: int = 0
+    based: int = 0
+    recovered_base: int = 0
+    off_locus: int = 0
+
+
+def rates(outcomes: Iterable[Outcome], base_tol: float = BASE_TOL) -> dict[str, Rates]:
+    """Detector → :class:`Rates`; key ``'all'`` for the total."""
     out: dict[str, list[int]] = {}
     for o in outcomes:
         for key in (o.detector, "all"):
-            out.setdefault(key, [0, 0])
-            out[key][0] += int(o.matched)
-            out[key][1] += 1
-    return {k: (v[0], v[1]) for k, v in out.items()}
+            row = out.setdefault(key, [0, 0, 0, 0, 0])
+            row[0] += 1
+            row[1] += int(o.matched)
+            row[2] += int(o.has_base)
+            row[3] += int(o.recovered_at_base(base_tol))
+            row[4] += int(o.off_locus(base_tol))
+    return {k: Rates(*v) for k, v in out.items()}
+
+
+@dataclass(frozen=True)
+class Planted:
+    """Ground truth of one zoo MLP block at one checkpoint: the units training planted dead
+    (``dd.zoo.dead_unit_indices``; their count is the sidecar's ``dead_units``) against
+    those the ``dead_unit`` detector flagged (up to its cap)."""
+
+    source: str
+    block: str
+    planted: tuple[int, ...]
+    flagged: tuple[int, ...]
+    sidecar: int | None
+
+    @property
+    def found(self) -> int:
+        return len(set(self.planted) & set(self.flagged))
 
 
 def final_checkpoint(root, family: str, size: str) -> Path | None:
@@ -147,12 +246,16 @@ def zoo_recovery(
     max_per_layer: int | None = None,
     order_tol: float = 0.1,
     log: Callable[[str], None] | None = None,
+    truth: list[Planted] | None = None,
 ) -> list[Outcome]:
     """Recovery over the final checkpoints of the zoo under ``root``.
 
     ``families`` default: every trainable family; ``sizes`` default: each family's. A
     missing (family, size) is trained first when ``train`` (``tiny`` recipe if asked),
     else skipped. ``probe``: probe inputs per model (default: the family's own number).
+    ``truth``: a list that receives one :class:`Planted` per MLP block and checkpoint (the
+    planted dead units against the flagged ones). A checkpoint whose planted count
+    disagrees with its sidecar's ``dead_units`` raises ``ValueError``.
     """
 
     names = list(families) if families is not None else zoo.trainable()
@@ -171,7 +274,16 @@ def zoo_recovery(
                     log(f"{name}/{size}: no checkpoint under {root}; skipped")
                 continue
             started = time.perf_counter()
-            model, _ = checkpoints.load(path, family=name)
+            model, meta = checkpoints.load(path, family=name)
+            planted = zoo.dead_unit_indices(model)
+            sidecar = meta.get("dead_units")
+            for block, units in planted.items():
+                if sidecar is not None and sidecar.get(block, len(units)) != len(units):
+                    raise ValueError(
+                        f"{path}: {len(units)} dead units in {block} by dd.zoo.dead_units's "
+                        f"rule, but its sidecar records {sidecar[block]}; retrain the zoo."
+                    )
+            source = f"{name}/{size}/{path.stem}"
             found = recovery(
                 model,
                 fam.probe(probe),
@@ -179,14 +291,34 @@ def zoo_recovery(
                 output=fam.output,
                 max_per_layer=max_per_layer,
                 seed=seed,
-                source=f"{name}/{size}/{path.stem}",
+                source=source,
                 order_tol=order_tol,
+                planted=planted,
             )
             outcomes.extend(found)
+            if truth is not None:
+                for block, units in planted.items():
+                    flagged = sorted(
+                        o.unit
+                        for o in found
+                        if o.detector == "dead_unit" and _block(o.layer) == block
+                    )
+                    truth.append(
+                        Planted(
+                            source,
+                            block,
+                            tuple(units),
+                            tuple(flagged),
+                            None if sidecar is None else sidecar.get(block),
+                        )
+                    )
             if log:
                 ok = sum(o.matched for o in found)
+                based = [o for o in found if o.has_base]
+                at_base = sum(o.recovered_at_base() for o in based)
                 log(
-                    f"{name}/{size} {path.stem}: {ok}/{len(found)} predictions recovered "
+                    f"{name}/{size} {path.stem}: {ok}/{len(found)} predictions recovered at "
+                    f"the checkpoint, {at_base}/{len(based)} at a base within {BASE_TOL:g} "
                     f"({time.perf_counter() - started:.1f} s)"
                 )
     return outcomes
@@ -202,11 +334,21 @@ def _fmt(x) -> str:
     return f"{x:.3f}" if isinstance(x, float) else str(x)
 
 
-def cmd_recovery(args) -> int:
-    """Per-detector recovery rates over the zoo's final checkpoints."""
+def _rate(ok: int, n: int) -> str:
+    return f"{ok}/{n} ({100 * ok / n:.0f} %)" if n else "—"
 
+
+def cmd_recovery(args) -> int:
+    """Per-detector recovery over the zoo's final checkpoints: at the checkpoint, and at the
+    base where the base lies within ``--base-tol``; the planted dead units against the
+    flagged ones."""
+
+    if not (args.base_tol >= 0 and math.isfinite(args.base_tol)):
+        print(f"--base-tol must be a finite number ≥ 0, got {args.base_tol}", file=sys.stderr)
+        return 2
     families = None if args.family in (None, "all") else args.family.split(",")
     sizes = args.size.split(",") if args.size else None
+    truth: list[Planted] = []
     outcomes = zoo_recovery(
         args.root,
         families,
@@ -218,18 +360,56 @@ def cmd_recovery(args) -> int:
         max_per_layer=args.max_per_layer,
         order_tol=args.order_tol,
         log=lambda line: print(line, file=sys.stderr),
+        truth=truth,
     )
-    table = rates(outcomes)
+    table = rates(outcomes, args.base_tol)
     rows = [
-        [det, ok, n, f"{ok / n:.3f}" if n else "—"]
-        for det, (ok, n) in sorted(table.items(), key=lambda kv: (kv[0] == "all", kv[0]))
+        [
+            det,
+            r.predicted,
+            _rate(r.recovered, r.predicted),
+            r.based,
+            _rate(r.recovered_base, r.based),
+            r.off_locus,
+        ]
+        for det, r in sorted(table.items(), key=lambda kv: (kv[0] == "all", kv[0]))
     ]
     print(
-        tabulate(rows, headers=["detector", "recovered", "predicted", "rate"], tablefmt=args.format)
+        tabulate(
+            rows,
+            headers=[
+                "detector",
+                "predicted",
+                "recovered at the checkpoint",
+                "with a base",
+                f"recovered at the base (≤ {args.base_tol:g})",
+                "off-locus bases",
+            ],
+            tablefmt=args.format,
+        )
     )
+    if truth:
+        print("\nplanted dead units (dd.zoo.dead_unit_indices; the sidecar's dead_units):")
+        print(
+            tabulate(
+                [
+                    [
+                        t.source,
+                        t.block,
+                        len(t.planted),
+                        "—" if t.sidecar is None else t.sidecar,
+                        len(t.flagged),
+                        t.found,
+                    ]
+                    for t in truth
+                ],
+                headers=["checkpoint", "block", "planted", "sidecar", "flagged", "both"],
+                tablefmt=args.format,
+            )
+        )
     misses = [o for o in outcomes if not o.matched]
     if misses:
-        print(f"\n{len(misses)} mismatches:")
+        print(f"\n{len(misses)} not recovered at the checkpoint:")
         print(
             tabulate(
                 [
@@ -238,24 +418,42 @@ def cmd_recovery(args) -> int:
                         o.name,
                         o.predicted_kind,
                         _fmt(o.predicted_order),
-                        o.kind,
-                        _fmt(o.order),
+                        o.checkpoint_kind,
+                        _fmt(o.checkpoint_order),
+                        f"{o.kind} {_fmt(o.order)}" if o.has_base else "—",
+                        f"{o.base_distance:.1e}" if o.has_base else "—",
+                        "—" if o.planted is None else ("yes" if o.planted else "no"),
                         f"{o.magnitude:.1e}",
                         _fmt(o.correctability),
                     ]
                     for o in misses
                 ],
-                headers=["checkpoint", "direction", "pred", "pred k", "kind", "k̂", "g/g_ref", "ρ"],
+                headers=[
+                    "checkpoint",
+                    "direction",
+                    "pred",
+                    "pred k",
+                    "kind",
+                    "k̂",
+                    "at base",
+                    "base dist",
+                    "planted",
+                    "g/g_ref",
+                    "ρ",
+                ],
                 tablefmt=args.format,
             )
         )
-    ok, n = table.get("all", (0, 0))
-    if not n:
+    total = table.get("all", Rates())
+    if not total.predicted:
         print("no predicted directions (no checkpoints found?)", file=sys.stderr)
         return 1
-    rate = ok / n
+    rate = total.recovered / total.predicted
     if args.min_rate is not None and rate < args.min_rate:
-        print(f"recovery {rate:.3f} below --min-rate {args.min_rate}", file=sys.stderr)
+        print(
+            f"recovery at the checkpoint {rate:.3f} below --min-rate {args.min_rate}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -273,9 +471,27 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-per-layer", type=int, default=None)
     p.add_argument("--order-tol", type=float, default=0.1, help="|k̂ − k| tolerance")
-    p.add_argument("--min-rate", type=float, default=None, help="exit 1 below this rate")
+    p.add_argument(
+        "--base-tol",
+        type=float,
+        default=BASE_TOL,
+        help="a base read counts only where the base lies within this distance of the "
+        "checkpoint, relative to the norm of the tensors it moves (default %(default)g)",
+    )
+    p.add_argument(
+        "--min-rate", type=float, default=None, help="exit 1 below this rate (at the checkpoint)"
+    )
     p.add_argument("--format", default="github", help="tabulate table format")
     p.set_defaults(func=cmd_recovery)
 
 
-__all__ = ["STRUCTURAL", "Outcome", "matches", "rates", "recovery", "zoo_recovery"]
+__all__ = [
+    "STRUCTURAL",
+    "Outcome",
+    "Planted",
+    "Rates",
+    "matches",
+    "rates",
+    "recovery",
+    "zoo_recovery",
+]

@@ -32,7 +32,7 @@ KIND_COLOURS = {
 }
 #: The headline (first) table, then the per-family tables.
 HEADLINE_METRIC = next(iter(METRICS))
-REPORT_METRICS = ("dead_dim", "n_dead", "order_median", "recovery")
+REPORT_METRICS = ("dead_dim", "n_dead", "order_median", "recovery", "recovery_base", "n_off_locus")
 
 
 def _layers(frame, family: str) -> list[str]:

@@ -22,6 +22,7 @@ from dead_directions.analysis.report import figure_paths, figures, write_report
 from dead_directions.cli import _fmt
 from dead_directions.cli.args import step_path
 from dead_directions.core.device import DTYPES, resolve_device, torch_dtype
+from dead_directions.core.direction import BASE_TOL
 from dead_directions.core.read import on_terminal, read_on_device, split_probe
 from dead_directions.detectors import detect
 from dead_directions.io import checkpoints, files, store
@@ -448,7 +449,7 @@ def cmd_aggregate(args) -> int:
     """Summarise the completed cells of the store with dask; write the tidy CSV."""
 
     started = time.perf_counter()
-    frame = aggregate(args.store, _dask_spec(args.dask))
+    frame = aggregate(args.store, _dask_spec(args.dask), base_tol=args.base_tol)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out, index=False)
@@ -623,9 +624,13 @@ def cmd_read(args) -> int:
                     _fmt(r.nu),
                     _fmt(r.correctability),
                     f"{r.magnitude:.1e}",
+                    # a direction with a base is read at the base and at the checkpoint
+                    f"{r.checkpoint_kind} {_fmt(r.checkpoint_order)}" if r.has_base else "—",
+                    f"{r.base_distance:.1e}" if r.has_base else "—",
                 ]
             )
     headers = ["layer", "direction", "kind", "k̂", "pred kind", "pred k", "λ", "ν", "ρ", "g/g_ref"]
+    headers += ["at checkpoint", "base dist"]
     print(tabulate(rows, headers=headers, tablefmt=args.format))
     seconds = time.perf_counter() - started
     print(f"\n{len(rows)} directions in {len(layers)} layers read in {seconds:.1f} s.")
@@ -774,6 +779,13 @@ def add_parser(sub) -> None:
         default="local",
         help="local (LocalCluster), threads, synchronous, tcp://address, slurm, or a JSON "
         "mapping of dead_directions.analysis.cluster.ClusterSpec fields",
+    )
+    p.add_argument(
+        "--base-tol",
+        type=float,
+        default=BASE_TOL,
+        help="a base read counts as recovered only where the base lies within this distance "
+        "of the checkpoint, relative to the norm of the tensors it moves (default %(default)g)",
     )
     p.set_defaults(func=cmd_aggregate)
 

@@ -14,6 +14,11 @@ ORDER_TOLERANCE = 0.05
 
 KINDS = ("regular", "singular", "gauge", "undetermined", "unresolved")
 
+#: A detector's base projection makes its prediction true there by construction (METHOD §5):
+#: a read at the base counts as recovered only when the base lies within this distance of
+#: the checkpoint, relative to the norm of the tensors it moves (``Read.base_distance``).
+BASE_TOL = 1e-3
+
 
 @dataclass(frozen=True, eq=False)
 class Direction:

@@ -18,6 +18,7 @@ from dead_directions.core.allocator import retain_freed_memory
 from dead_directions.core.assembly import nu_of_read
 from dead_directions.core.correctability import CORRECTION_FRACTION, RhoFit, heldout_rho, rho_fits
 from dead_directions.core.direction import (
+    BASE_TOL,
     ORDER_TOLERANCE,
     Direction,
     as_direction,
@@ -74,6 +75,13 @@ class Read:
     where ρ was not computed). ``lower_slope``, ``upper_slope`` and ``crossover`` (r*,
     parameter units) describe a two-regime curve (:class:`~dead_directions.core.rate.RateRead`;
     NaN for one regime).
+
+    Recovery is measured at the checkpoint (METHOD §5): a direction with its own ``base``
+    (a detector's projection onto the locus) is read at the base (the fields above) and
+    at the checkpoint itself (``checkpoint_kind``, ``checkpoint_order``,
+    ``checkpoint_magnitude``); ``base_distance`` is ‖base offset‖ / ‖checkpoint's values of
+    the tensors the base moves‖ (NaN without a base). A direction without a base is read
+    at the checkpoint only, and its ``checkpoint_*`` fields repeat its read.
     """
 
     name: str
@@ -101,6 +109,38 @@ class Read:
     lower_slope: float = math.nan
     upper_slope: float = math.nan
     crossover: float = math.nan
+    base_distance: float = math.nan
+    checkpoint_kind: str = ""
+    checkpoint_order: float = math.nan
+    checkpoint_magnitude: float = math.nan
+
+    @property
+    def has_base(self) -> bool:
+        """Whether the read is at a detector's base projection (``base_distance`` set)."""
+        return not math.isnan(self.base_distance)
+
+    def on_locus(self, base_tol: float = BASE_TOL) -> bool | None:
+        """Whether the base lies within ``base_tol`` (relative) of the checkpoint; None
+        without a base."""
+        return self.base_distance <= base_tol if self.has_base else None
+
+    @property
+    def matches_at_checkpoint(self) -> bool | None:
+        """:attr:`matches_prediction` of the read at the checkpoint (for a direction without
+        a base, the read itself)."""
+        if not self.has_base:
+            return self.matches_prediction
+        if not self.checkpoint_kind:
+            return None  # read with ReadOptions(read_at_checkpoint=False)
+        return _matches(self.checkpoint_kind, self.checkpoint_order, self)
+
+    def recovered_at_base(self, base_tol: float = BASE_TOL) -> bool | None:
+        """The base read matches the prediction and the base lies within ``base_tol`` of the
+        checkpoint (a farther base is off-locus: its match holds by construction); None
+        without a base or a prediction."""
+        if not self.has_base or self.predicted_kind is None:
+            return None
+        return bool(self.matches_prediction) and bool(self.on_locus(base_tol))
 
     @property
     def nu(self) -> float:
@@ -113,14 +153,20 @@ class Read:
     def matches_prediction(self) -> bool | None:
         """Kind equal to the prediction and, for a finite predicted order, |k̂ − k| ≤
         ``ORDER_TOLERANCE`` (0.05)."""
-        if self.predicted_kind is None:
-            return None
-        if self.kind != self.predicted_kind:
-            return False
-        k = self.predicted_order
-        if k is None or math.isinf(k):
-            return True
-        return abs(self.order - k) <= ORDER_TOLERANCE
+        return _matches(self.kind, self.order, self)
+
+
+def _matches(kind: str, order: float, read: Read) -> bool | None:
+    """``kind``/``order`` against ``read``'s prediction: kind equal and, for a finite
+    predicted order, |k̂ − k| ≤ ``ORDER_TOLERANCE``; None without a prediction."""
+    if read.predicted_kind is None:
+        return None
+    if kind != read.predicted_kind:
+        return False
+    k = read.predicted_order
+    if k is None or math.isinf(k):
+        return True
+    return abs(order - k) <= ORDER_TOLERANCE
 
 
 @dataclass(frozen=True)
@@ -154,6 +200,8 @@ class ReadOptions:
     ``retain_freed_memory``: on CPU with glibc, keep freed activation memory in the process
     (:func:`dead_directions.core.allocator.retain_freed_memory`, process-wide) instead of
     page-faulting it in again for every chunk.
+    ``read_at_checkpoint``: a direction with its own ``base`` is also read at the
+    checkpoint (``Read.checkpoint_*``; METHOD §5: recovery is measured, not constructed).
     """
 
     rate: RateOptions = RateOptions()
@@ -168,6 +216,7 @@ class ReadOptions:
     heldout_flat_margin: float = 100.0
     memory_budget: int | None = None
     retain_freed_memory: bool = True
+    read_at_checkpoint: bool = True
 
 
 @dataclass
@@ -290,6 +339,15 @@ def read_many(
     if not directions:
         return []
     shared_base = validate_offsets("base", base, params, allow_zero=True) if base else {}
+    # Recovery is measured at the checkpoint (METHOD §5): a direction with its own base is
+    # read there too, as a twin without the base, in the same pass over the probe.
+    n_asked = len(directions)
+    twins = (
+        [i for i, d in enumerate(directions) if d.base]
+        if _confirm and options.read_at_checkpoint
+        else []
+    )
+    directions = directions + [replace(directions[i], base=None) for i in twins]
     eps = torch.finfo(dtype).eps
     bits = torch.finfo(dtype).bits
     eps_flat = options.rate.eps_flat or default_eps_flat(bits)
@@ -433,8 +491,54 @@ def read_many(
                 ),
                 options,
             )
+    reads = _at_checkpoint(reads, directions, n_asked, twins, params, shared_base)
     elapsed = (time.perf_counter() - started) / len(directions)
     return [replace(r, seconds=elapsed) for r in reads]
+
+
+def base_distance(base, params, shared_base=None) -> float:
+    """‖base offset‖ / ‖the checkpoint's values of the tensors it moves‖ (METHOD §5): how far
+    a detector's projection moved the checkpoint, relative to what it moved."""
+    shared_base = shared_base or {}
+    num = sum(float((torch.as_tensor(v).detach().double() ** 2).sum()) for v in base.values())
+    den = sum(
+        float(((params[k] + shared_base.get(k, 0)).detach().double() ** 2).sum()) for k in base
+    )
+    if den > 0:
+        return math.sqrt(num / den)
+    return 0.0 if num == 0 else math.inf
+
+
+def _at_checkpoint(reads, directions, n_asked, twins, params, shared_base) -> list[Read]:
+    """The asked-for reads with their base distance and their read at the checkpoint: the
+    twin read (without the base) of a direction with a base, the read itself otherwise."""
+    at = dict(zip(twins, reads[n_asked:], strict=True))
+    out = []
+    for i, r in enumerate(reads[:n_asked]):
+        d = directions[i]
+        if not d.base:
+            out.append(
+                replace(
+                    r,
+                    checkpoint_kind=r.kind,
+                    checkpoint_order=r.order,
+                    checkpoint_magnitude=r.magnitude,
+                )
+            )
+            continue
+        r = replace(r, base_distance=base_distance(d.base, params, shared_base))
+        if i in at:
+            c = at[i]
+            r = replace(
+                r,
+                checkpoint_kind=c.kind,
+                checkpoint_order=c.order,
+                checkpoint_magnitude=c.magnitude,
+                note=f"{r.note}; at the checkpoint (base {r.base_distance:.2g} away, relative): "
+                f"{c.kind} k̂ = {c.order:.3g}".lstrip("; "),
+            )
+        out.append(r)
+    return out
 
 
 def split_probe(inputs, fraction: float = ReadOptions.heldout_fraction):

@@ -378,6 +378,54 @@ DATA_VARIABLES = (
         "param",
         "NaN for a curve with one regime",
     ),
+    Variable(
+        "base_distance",
+        _CD,
+        "float64",
+        np.nan,
+        "distance of the detector's base projection from the checkpoint, relative to the "
+        "norm of the tensors it moves",
+        "1",
+        "NaN for a direction read at the checkpoint only (no base); a base read counts as "
+        "recovered only within base_tol (METHOD §5)",
+    ),
+    Variable(
+        "checkpoint_kind",
+        _CD,
+        "str",
+        "",
+        "kind read at the checkpoint itself",
+        "",
+        "a direction with a base is read at the base (kind) and at the checkpoint; without "
+        "a base, equal to kind",
+    ),
+    Variable(
+        "checkpoint_order",
+        _CD,
+        "float64",
+        np.nan,
+        "KL order k̂ read at the checkpoint itself",
+        "1",
+        "without a base, equal to order",
+    ),
+    Variable(
+        "checkpoint_magnitude",
+        _CD,
+        "float64",
+        np.nan,
+        "g(θ_checkpoint; u) / g_ref",
+        "1",
+        "without a base, equal to magnitude",
+    ),
+    Variable(
+        "checkpoint_matches",
+        _CD,
+        "int8",
+        -1,
+        "read at the checkpoint matches the prediction",
+        "1",
+        "1 yes, 0 no, -1 no prediction (dd.Read.matches_at_checkpoint)",
+    ),
     Variable("scale", _CD, "float64", np.nan, "radius scale of the direction", "1"),
     Variable(
         "predicted_kind",
@@ -822,6 +870,12 @@ def _cell_values(reads: Sequence, layout_: Layout, key: CellKey) -> dict[str, np
         out["lower_slope"][j] = r.lower_slope
         out["upper_slope"][j] = r.upper_slope
         out["crossover"][j] = r.crossover
+        out["base_distance"][j] = r.base_distance
+        out["checkpoint_kind"][j] = r.checkpoint_kind
+        out["checkpoint_order"][j] = r.checkpoint_order
+        out["checkpoint_magnitude"][j] = r.checkpoint_magnitude
+        mc = r.matches_at_checkpoint
+        out["checkpoint_matches"][j] = -1 if mc is None else int(bool(mc))
         out["scale"][j] = scale
         out["predicted_kind"][j] = r.predicted_kind or ""
         po = r.predicted_order

@@ -307,7 +307,14 @@ def evaluate(model: nn.Module, task: Task) -> dict[str, float | None]:
 def dead_units(model: nn.Module, atol: float = 1e-3) -> dict[str, int]:
     """Hidden units per ``fc1 → act → fc2`` block whose in-norm × out-norm (fc1 row with bias,
     fc2 column; parameters are O(1) at initialisation) is below ``atol``: node death."""
-    counts: dict[str, int] = {}
+    return {block: len(units) for block, units in dead_unit_indices(model, atol).items()}
+
+
+def dead_unit_indices(model: nn.Module, atol: float = 1e-3) -> dict[str, list[int]]:
+    """The units :func:`dead_units` counts, per block (``"."`` for the root module): the
+    zoo's record of the node deaths its training planted (the sidecar's ``dead_units``),
+    independent of the ``dead_unit`` detector and its thresholds."""
+    found: dict[str, list[int]] = {}
     for name, m in model.named_modules():
         fc1, fc2 = getattr(m, "fc1", None), getattr(m, "fc2", None)
         if not (isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear)):
@@ -316,8 +323,8 @@ def dead_units(model: nn.Module, atol: float = 1e-3) -> dict[str, int]:
         if fc1.bias is not None:
             w_in = torch.cat([w_in, fc1.bias.detach()[:, None]], dim=1)
         score = w_in.norm(dim=1) * fc2.weight.detach().norm(dim=0)
-        counts[name or "."] = int((score < atol).sum())
-    return counts
+        found[name or "."] = torch.nonzero(score < atol).flatten().tolist()
+    return found
 
 
 def _param_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
