@@ -19,20 +19,22 @@ COMMAND_MODULES = [
     "dead_directions.cli.compare",
     "dead_directions.cli.sweep",
 ]
-COMMAND_MODULES += ["dead_directions.analysis.recovery"]  # detector recovery rates
+COMMAND_MODULES += ["dead_directions.cli.recovery"]  # detector recovery rates
 COMMAND_MODULES += ["dead_directions.cli.prune"]  # prune read-confirmed dead/duplicate units
 COMMAND_MODULES += ["dead_directions.cli.zoo"]  # train: the model zoo
 COMMAND_MODULES += ["dead_directions.cli.timing"]  # a sweep's time split across rules
 
 
-def _fmt(x: float | None, digits: int = 3) -> str:
+def fmt(x, digits: int = 3) -> str:
+    """A number for a table: ``—`` for None, ``∞``/``nan``, floats to ``digits`` places,
+    anything else as ``str``."""
     if x is None:
         return "—"
     if isinstance(x, float) and math.isinf(x):
         return "∞"
     if isinstance(x, float) and math.isnan(x):
         return "nan"
-    return f"{x:.{digits}f}"
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
 def cmd_constructed(args) -> int:
@@ -49,11 +51,11 @@ def cmd_constructed(args) -> int:
             [
                 cell.name,
                 cell.direction.predicted_kind,
-                _fmt(cell.direction.predicted_order, 0),
+                fmt(cell.direction.predicted_order, 0),
                 r.kind,
-                _fmt(r.order),
-                _fmt(r.spread, 4),
-                _fmt(r.correctability, 3),
+                fmt(r.order),
+                fmt(r.spread, 4),
+                fmt(r.correctability, 3),
                 f"{r.magnitude:.1e}",
                 f"{seconds:.2f}",
                 "ok" if ok else "MISMATCH",

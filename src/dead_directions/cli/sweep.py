@@ -19,7 +19,7 @@ from dead_directions import detectors, zoo
 from dead_directions.analysis.aggregate import aggregate, table_paths, write_tables
 from dead_directions.analysis.dead_dimension import dead_dimension
 from dead_directions.analysis.report import figure_paths, figures, write_report
-from dead_directions.cli import _fmt
+from dead_directions.cli import fmt
 from dead_directions.cli.args import step_path
 from dead_directions.core.device import DTYPES, resolve_device, torch_dtype
 from dead_directions.core.direction import BASE_TOL
@@ -617,15 +617,15 @@ def cmd_read(args) -> int:
                     layer,
                     r.name,
                     r.kind,
-                    _fmt(r.order),
+                    fmt(r.order),
                     r.predicted_kind or "—",
-                    _fmt(r.predicted_order, 0),
-                    _fmt(r.lam),
-                    _fmt(r.nu),
-                    _fmt(r.correctability),
+                    fmt(r.predicted_order, 0),
+                    fmt(r.lam),
+                    fmt(r.nu),
+                    fmt(r.correctability),
                     f"{r.magnitude:.1e}",
                     # a direction with a base is read at the base and at the checkpoint
-                    f"{r.checkpoint_kind} {_fmt(r.checkpoint_order)}" if r.has_base else "—",
+                    f"{r.checkpoint_kind} {fmt(r.checkpoint_order)}" if r.has_base else "—",
                     f"{r.base_distance:.1e}" if r.has_base else "—",
                 ]
             )

@@ -157,16 +157,27 @@ class Read:
 
 
 def _matches(kind: str, order: float, read: Read) -> bool | None:
-    """``kind``/``order`` against ``read``'s prediction: kind equal and, for a finite
-    predicted order, |k̂ − k| ≤ ``ORDER_TOLERANCE``; None without a prediction."""
+    """``kind``/``order`` against ``read``'s prediction (:func:`matches_prediction`); None
+    without a prediction."""
     if read.predicted_kind is None:
         return None
-    if kind != read.predicted_kind:
+    return matches_prediction(kind, order, read.predicted_kind, read.predicted_order)
+
+
+def matches_prediction(
+    kind: str,
+    order: float,
+    predicted_kind: str | None,
+    predicted_order: float | None,
+    tolerance: float = ORDER_TOLERANCE,
+) -> bool:
+    """A measured ``kind``/``order`` against a prediction: kind equal and, for a finite
+    predicted order, |k̂ − k| ≤ ``tolerance``."""
+    if kind != predicted_kind:
         return False
-    k = read.predicted_order
-    if k is None or math.isinf(k):
+    if predicted_order is None or math.isinf(predicted_order):
         return True
-    return abs(order - k) <= ORDER_TOLERANCE
+    return abs(order - predicted_order) <= tolerance
 
 
 @dataclass(frozen=True)
