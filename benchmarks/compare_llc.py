@@ -13,7 +13,7 @@ M, N, H ≤ 2), then the step-3000 checkpoints of the default ``mlp`` family at 
 ``--zoo none`` skips them). devinterp is calibrated per row (``llc_compare.calibrated_llc``),
 about 30–90 s a row on one core; ``--cache DIR`` stores each estimate, so runs restricted
 with ``--cells`` can fill it side by side and a final whole run reads it back. Not part of
-the test suite (``tests/test_llc_compare.py`` checks the written tables' structured and
+the test suite (``tests/analysis/test_llc_compare.py`` checks the written tables' structured and
 blind columns against the code).
 """
 

@@ -477,7 +477,7 @@ def dln_lambda(widths: Sequence[int], r: int) -> tuple[Fraction, int]:
     and λ = (−r² + r(H₁ + H_{L+1}))/2 when ℓ = 0. Multiplicity m = a(ℓ − a) + 1
     (m = 1 when ℓ = 0).
 
-    What is verified here (tests/test_assembly.py): for two layers (three widths
+    What is verified here (tests/core/test_assembly.py): for two layers (three widths
     (M, H, N)) λ and m equal the Aoyagi–Watanabe reduced-rank formula
     (``rrr_lambda(M, N, H, r)``) for every M, N, H ≤ 8 and r ≤ min; for scalar
     products (all widths 1, ``K = (a₁⋯a_L)²`` at r = 0) λ = 1/2 and m = L, the

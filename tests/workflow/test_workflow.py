@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from dead_directions.analysis import aggregate
 from dead_directions.io import artefacts, store
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 TINY = yaml.safe_load((ROOT / "config" / "tiny.yaml").read_text())

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "local-slurm.sh"
 PROFILE = ROOT / "workflow" / "profiles" / "slurm"
 LOCAL_PROFILE = ROOT / "workflow" / "profiles" / "default"

@@ -18,7 +18,7 @@ from dead_directions.io import store
 from dead_directions.zoo import declared
 from dead_directions.zoo.declared import DeclarationError, DeclaredFamily
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "example_training_run.py"
 _spec = importlib.util.spec_from_file_location("example_training_run", SCRIPT)
 example = importlib.util.module_from_spec(_spec)

@@ -2,7 +2,7 @@
 careless use (a deleted or replaced store, two writers on one cell): library level.
 
 The workflow-level cases (shell injection from config, a store deleted mid-run, two sweeps
-on one results folder, config values that fail late) are in tests/test_workflow.py.
+on one results folder, config values that fail late) are in tests/workflow/test_workflow.py.
 """
 
 import json

@@ -11,7 +11,7 @@ import xarray as xr
 from dead_directions.analysis import llc_compare
 from dead_directions.analysis.llc_compare import diagnose
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _result(trace, init=0.0):
