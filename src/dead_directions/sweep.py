@@ -536,11 +536,12 @@ def detect_cells(
     import dead_directions as dd
 
     fit = dd.split_probe(inputs)[0]
+    output = fam.output  # one object: a declared family makes a new one at each access
     ctx = dd.detectors.Context(
         model,
         fit,
         likelihood=fam.likelihood,
-        output=fam.output,
+        output=output,
         seed=seed,
         max_per_layer=max_per_layer,
     )
@@ -553,7 +554,7 @@ def detect_cells(
             layers=[module_name(layer)],
             max_per_layer=max_per_layer,
             seed=seed,
-            output=fam.output,
+            output=output,
             likelihood=fam.likelihood,
             context=ctx,
         )
