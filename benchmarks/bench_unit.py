@@ -2,8 +2,9 @@
 per-checkpoint jobs (one job per checkpoint reads every layer), on the same checkpoints, in
 one run on one machine.
 
-1. Runs the sweep of ``--config`` (default the default sweep) with ``unit: layer`` in a
-   fresh folder (training included, untimed for the comparison).
+1. Runs the sweep of ``--config`` (default the default sweep) up to its checkpoints, probe
+   data, layer lists and pruning records (Snakemake ``--until``; training included,
+   untimed) in a fresh folder, or in the ``--keep`` folder's ``trained`` when it is there.
 2. Copies that folder without the store and everything made from it, and times the same
    command from there with ``unit: layer`` and with ``unit: checkpoint`` (one after the
    other: both redo exactly the reading, aggregation, tables, figures and report).
@@ -27,6 +28,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+# What both timed runs start from: the checkpoints and what is made from them alone.
+UNTIL = ("train", "probe", "layers", "removable")
 DERIVED = (
     "store.zarr",
     "store.zarr.ledger",
@@ -41,7 +44,7 @@ DERIVED = (
 )
 
 
-def run(workdir: Path, config: dict, cores: int) -> float:
+def run(workdir: Path, config: dict, cores: int, until=()) -> float:
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = workdir / "bench.yaml"
     cfg.write_text(yaml.safe_dump(config))
@@ -52,6 +55,7 @@ def run(workdir: Path, config: dict, cores: int) -> float:
             *("--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir)),
             *("--configfile", str(cfg), "--cores", str(cores)),
             *("--workflow-profile", str(ROOT / "workflow" / "profiles" / "default")),
+            *(("--until", *until) if until else ()),
         ],
         capture_output=True,
         text=True,
@@ -89,8 +93,8 @@ def main(argv=None) -> int:
     config = yaml.safe_load(args.config.read_text())
     base = args.keep or Path(tempfile.mkdtemp(prefix="bench-unit-"))
     trained = base / "trained"
-    print(f"1. {args.config} with unit: layer (training included) in {trained}")
-    run(trained, {**config, "unit": "layer"}, args.cores)
+    print(f"1. {args.config} up to its checkpoints (training included) in {trained}")
+    run(trained, {**config, "unit": "layer"}, args.cores, until=UNTIL)
     walls = {}
     for unit in ("layer", "checkpoint"):
         work = base / unit

@@ -113,6 +113,31 @@ def test_names_are_stable_given_the_seed_and_the_layers_filter_works():
         dd.detect(model, x, detectors="random")
 
 
+def test_one_context_over_the_layers_returns_what_a_fresh_call_per_layer_returns():
+    cases = [
+        (NormMLP("layernorm"), gaussian(64, 3)),  # layernorm_kernel: at every anchor
+        (ConvBN(batch_stats=False), gaussian(16, 1, 5, 5, seed=2)),
+        (dead_mlp("relu"), gaussian(64, 4)),  # dead_unit, relu_rescale
+        (make("block")[0], make("block")[1]),
+    ]
+    for model, x in cases:
+        ctx = detectors.Context(model, x, seed=5, max_per_layer=3)
+        layers = detectors.layers(model)
+        assert len(layers) >= 2
+        for layer in layers:
+            fresh = dd.detect(model, x, layers=[layer], seed=5, max_per_layer=3)
+            shared = dd.detect(model, x, layers=[layer], seed=5, max_per_layer=3, context=ctx)
+            assert [d.name for d in shared] == [d.name for d in fresh], layer
+            for a, b in zip(shared, fresh, strict=True):
+                assert a.vector.keys() == b.vector.keys()
+                assert all(torch.equal(a.vector[k], b.vector[k]) for k in a.vector), a.name
+                assert a.predicted_kind == b.predicted_kind
+                assert a.predicted_order == b.predicted_order
+        assert "structure" in vars(ctx)  # traced once, kept
+    with pytest.raises(ValueError, match="context: made for another model, output, seed"):
+        dd.detect(model, x, seed=6, max_per_layer=3, context=ctx)
+
+
 # -- LayerNorm kernel, norm input scale, softmax shift --------------------------------------
 def test_layernorm_kernel_reads_flat_and_rmsnorm_has_none():
     x = gaussian(256, 3)

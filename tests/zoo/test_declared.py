@@ -2,19 +2,23 @@
 folders, a local hub cache, a module:function builder), their probe data, the sweep over
 them (kill and resume, a missing checkpoint), and bad declarations."""
 
+import hashlib
 import importlib.util
 import json
 import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
 from test_workflow import ENV, jobs_run, kill_during_measure, snakemake, stores_equal
+from torch import nn
 
-from dead_directions import zoo
-from dead_directions.io import store
+from dead_directions import cli, zoo
+from dead_directions.io import checkpoints, store
 from dead_directions.zoo import declared
 from dead_directions.zoo.declared import DeclarationError, DeclaredFamily
 
@@ -41,6 +45,51 @@ def _example(name: str, root: Path) -> dict:
     config["results"] = "results"
     config["device"], config["dtype"] = "cpu", "float64"
     return config
+
+
+def _sha256(tensors: dict) -> str:
+    """The probe hash the store's provenance should hold, computed here from the arrays the
+    test wrote: sha256 over each tensor's ``name|dtype|shape|`` and bytes, names sorted."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        a = np.ascontiguousarray(tensors[name])
+        h.update(f"{name}|torch.{a.dtype}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def tiny_rgb_cnn(size: str) -> nn.Module:
+    """A ``module:function`` builder for RGB images of 4 × 5 pixels (``test_declared:…``)."""
+    torch.manual_seed(int(size[1:]))
+    return nn.Sequential(
+        nn.Conv2d(3, 2, 3), nn.Tanh(), nn.Flatten(), nn.Linear(2 * 2 * 3, 2)
+    ).double()
+
+
+def _read_in_process(tmp_path: Path, name: str, spec: dict, size: str, step: int) -> Path:
+    """``dead-directions probe``, ``layers`` and ``measure-checkpoint`` of one declared
+    checkpoint, called in this process (as the workflow's jobs call them); the store."""
+    text = json.dumps(spec)
+    ckpt = str(DeclaredFamily.from_config(name, spec).checkpoint(size, step))
+    probe, layers, path = tmp_path / "probe.safetensors", tmp_path / "layers.json", tmp_path / "s"
+    assert cli.main(["probe", "--family", name, "--spec", text, "--out", str(probe)]) == 0
+    args = ["--family", name, "--size", size, "--spec", text, "--checkpoint", ckpt]
+    assert cli.main(["layers", *args, "--out", str(layers)]) == 0
+    store.init(path, max_directions=4)
+    assert (
+        cli.main(
+            [
+                "measure-checkpoint",
+                *args,
+                *("--step", str(step), "--probe", str(probe), "--layers", str(layers)),
+                *("--detectors", "random", "--max-per-layer", "1", "--store", str(path)),
+                *("--directions-dir", str(tmp_path / "dirs"), "--marker", str(tmp_path / "m")),
+                *("--device", "cpu", "--dtype", "float64"),
+            ]
+        )
+        == 0
+    )
+    return path
 
 
 # ------------------------------------------------------------------------- library level
@@ -90,6 +139,89 @@ def test_a_module_function_builder_with_safetensors_state_dicts(trainer_runs):
     assert x.shape == (64, 4) and torch.equal(model(x), want(x))
 
 
+def test_an_image_folder_probe_is_the_pixels_written_and_its_hash_goes_into_provenance(
+    tmp_path,
+):
+    pixels = np.random.default_rng(0).integers(0, 256, size=(3, 4, 5, 3), dtype=np.uint8)
+    folder = tmp_path / "images"
+    (folder / "b").mkdir(parents=True)
+    from PIL import Image
+
+    # sorted by path: a0.png, b/a1.png, c2.PNG (a subfolder; any case of the suffix)
+    for name, image in zip(("c2.PNG", "a0.png", "b/a1.png"), pixels[[2, 0, 1]], strict=True):
+        Image.fromarray(image, "RGB").save(folder / name, format="PNG")
+    (folder / "notes.txt").write_text("not an image")
+    want = np.ascontiguousarray((pixels.astype(np.float64) / 255.0).transpose(0, 3, 1, 2))
+    spec = {
+        "builder": "test_declared:tiny_rgb_cnn",
+        "sizes": ["c2"],
+        "checkpoints": str(tmp_path / "ckpt" / "{size}" / "w-{step}.safetensors"),
+        "probe": {"path": str(folder), "kind": "images"},
+        "output": "tensor",
+    }
+    fam = DeclaredFamily.from_config("rgb", spec)
+    x = fam.probe()
+    assert x.dtype == torch.float64 and x.shape == (3, 3, 4, 5)
+    assert torch.equal(x, torch.from_numpy(want))  # pixel / 255, channels first
+    assert torch.equal(fam.probe(n=2), torch.from_numpy(want[:2]))
+    # an image array file (N, C, H, W) is taken as it is
+    np.save(tmp_path / "images.npy", want[::-1])
+    arrays = DeclaredFamily.from_config(
+        "rgb", {**spec, "probe": {"path": str(tmp_path / "images.npy"), "kind": "images"}}
+    )
+    assert torch.equal(arrays.probe(), torch.from_numpy(want[::-1].copy()))
+    Image.fromarray(pixels[0, :3], "RGB").save(folder / "d3.png")
+    with pytest.raises(ValueError, match=r"images of different sizes \[\(3, 5, 3\), \(4, 5, 3\)\]"):
+        fam.probe()
+    (folder / "d3.png").unlink()
+    # the sweep's jobs: every cell's provenance holds the hash of these pixels
+    checkpoints.save(tiny_rgb_cnn("c2"), tmp_path / "ckpt" / "c2" / "w-3.safetensors")
+    path = _read_in_process(tmp_path, "rgb", spec, "c2", 3)
+    done = store.done_cells(path)
+    assert sorted(k.layer for k in done) == ["0", "3"]
+    digest = _sha256({"input": want})
+    for key in done:
+        assert store.cell_dataset(path, key)["probe_hash"].item() == digest
+
+
+def test_a_datasets_folder_probe_is_the_token_ids_written_and_its_hash_goes_into_provenance(
+    trainer_runs, tmp_path
+):
+    import datasets
+
+    ids = [[3, 4, 5, 0], [6, 7, 0, 0], [8, 9, 10, 11], [12, 2, 0, 0]]
+    mask = [[int(t > 0) for t in row] for row in ids]
+    data = datasets.Dataset.from_dict(
+        {"input_ids": ids, "attention_mask": mask, "text": ["a", "b", "c", "d"]}
+    )
+    data.save_to_disk(str(tmp_path / "ds"))
+    other = datasets.Dataset.from_dict({"input_ids": [[1, 1, 1, 1]], "attention_mask": [[1] * 4]})
+    datasets.DatasetDict({"validation": other, "train": data}).save_to_disk(str(tmp_path / "dd"))
+    spec = _example("trainer", trainer_runs)["families"]["neox"]
+    spec["layers"] = ["gpt_neox.layers.*.mlp.dense_4h_to_h"]
+    spec["probe"] = {"path": str(tmp_path / "ds"), "kind": "datasets"}
+    want = {"input_ids": np.array(ids, np.int64), "attention_mask": np.array(mask, np.int64)}
+    for folder in ("ds", "dd"):  # a DatasetDict: its first split by name (train)
+        spec["probe"]["path"] = str(tmp_path / folder)
+        probe = DeclaredFamily.from_config("neox", spec).probe()
+        assert sorted(probe) == ["attention_mask", "input_ids"]  # the text column is no tensor
+        for name, value in want.items():
+            assert probe[name].dtype == torch.int64 and torch.equal(
+                probe[name], torch.from_numpy(value)
+            )
+    datasets.Dataset.from_dict({"input_ids": [[3, 4], [5]]}).save_to_disk(str(tmp_path / "r"))
+    ragged = {**spec, "probe": {"path": str(tmp_path / "r"), "kind": "datasets"}}
+    ragged = DeclaredFamily.from_config("neox", ragged)
+    with pytest.raises(ValueError, match=r"columns \['input_ids'\] have rows of different"):
+        ragged.probe()
+    spec["probe"]["path"] = str(tmp_path / "ds")
+    path = _read_in_process(tmp_path, "neox", spec, "s1", 2)
+    done = store.done_cells(path)
+    assert [k.layer for k in done] == ["gpt_neox.layers.0.mlp.dense_4h_to_h"]
+    for key in done:
+        assert store.cell_dataset(path, key)["probe_hash"].item() == _sha256(want)
+
+
 def test_read_one_hugging_face_folder_without_a_zoo_family(trainer_runs):
     folder = trainer_runs / "runs" / "s1" / "checkpoint-4"
     layer = "gpt_neox.layers.0.mlp.dense_4h_to_h"
@@ -112,28 +244,6 @@ def test_read_one_hugging_face_folder_without_a_zoo_family(trainer_runs):
     rows = [line for line in out.stdout.splitlines() if line.startswith(f"| {layer}")]
     assert len(rows) == 2 and all("| regular " in row for row in rows)
     assert "layers" not in out.stderr  # no progress bar off a terminal
-
-
-def test_the_example_configs_sweep_a_hub_cache_and_a_module_builder(trainer_runs, tmp_path):
-    for name, family, sizes, steps in (
-        ("hf-cache", "pythia-like", ("s1", "s2"), STEPS),
-        ("module", "my-mlp", ("h4",), (0, 5)),
-    ):
-        config = _example(name, trainer_runs)
-        if name == "hf-cache":
-            config["families"][family]["sizes"] = ["s1"]
-            sizes = ("s1",)
-        work = tmp_path / name
-        rc, text = snakemake(work, config)
-        assert rc == 0, text[-4000:]
-        path = work / "results" / "store.zarr"
-        done = store.done_cells(path)
-        assert {(k.family, k.size, k.step) for k in done} == {
-            (family, s, t) for s in sizes for t in steps
-        }
-        ds = store.open(path, chunks=None).load()
-        assert (ds["n_directions"].values[ds["n_directions"].values >= 0] > 0).any()
-        assert (work / "results" / "report.html").exists()
 
 
 def test_bad_declarations_name_the_key(trainer_runs, tmp_path):
@@ -202,6 +312,124 @@ def test_sweeping_a_trainer_run_kill_resume_and_a_missing_checkpoint(trainer_run
     assert {("detect", w), ("measure", w)} <= ran
     assert not {r for r in ran if r[0] in ("detect", "measure") and r[1] != w}
     assert (work / "results" / "tables" / "missing.csv").read_text().strip().count("\n") == 0
+
+
+def _sweep_with_one_missing(work: Path, config: dict) -> Path:
+    """The uninterrupted sweep of ``config`` in ``work`` (one listed checkpoint deleted)."""
+    rc, text = snakemake(work, config)
+    assert rc == 0, text[-4000:]
+    return work
+
+
+@pytest.fixture(scope="module")
+def hub_sweep(trainer_runs, tmp_path_factory):
+    """A local hub cache (``models--toy--neox-{size}``, ``refs/step{step}`` naming the
+    snapshot) with the snapshot of s2 step 4 deleted (its ref kept); the uninterrupted sweep
+    of config/declared-hf-cache.yaml over it, both steps listed."""
+    root = tmp_path_factory.mktemp("hub-sweep")
+    shutil.copytree(trainer_runs / "hub", root / "hub")
+    shutil.copy(trainer_runs / "probe.txt", root / "probe.txt")
+    config = _example("hf-cache", root)
+    config["families"]["pythia-like"]["steps"] = list(STEPS)
+    repo = root / "hub" / "models--toy--neox-s2"
+    gone = repo / "snapshots" / (repo / "refs" / "step4").read_text()
+    shutil.rmtree(gone)
+    return config, gone, _sweep_with_one_missing(root / "run", config)
+
+
+@pytest.fixture(scope="module")
+def module_sweep(trainer_runs, tmp_path_factory):
+    """``dead_directions.zoo:build_mlp`` over safetensors state dicts ``w-{step}``, w-5
+    deleted; the uninterrupted sweep of config/declared-module.yaml, steps 0 and 5 listed."""
+    root = tmp_path_factory.mktemp("module-sweep")
+    shutil.copytree(trainer_runs / "state", root / "state")
+    shutil.copy(trainer_runs / "mlp-probe.safetensors", root / "mlp-probe.safetensors")
+    config = _example("module", root)
+    config["families"]["my-mlp"]["steps"] = [0, 5]
+    gone = root / "state" / "h4" / "w-5.safetensors"
+    gone.unlink()
+    return config, gone, _sweep_with_one_missing(root / "run", config)
+
+
+def _kill_resume_and_missing(config, gone: Path, reference: Path, want, tmp_path) -> None:
+    """The uninterrupted run ``reference`` read the cells ``want`` and reported ``gone``
+    missing; a run killed during measure and rerun with the same command ends with the
+    same store."""
+    path = reference / "results" / "store.zarr"
+    assert sorted(store.done_cells(path)) == sorted(want)
+    ds = store.open(path, chunks=None).load()
+    assert (ds["n_directions"].values[ds["n_directions"].values >= 0] > 0).all()
+    (family,) = config["families"]
+    step = 4 if family == "pythia-like" else 5
+    size = "s2" if family == "pythia-like" else "h4"
+    missing = pd.read_csv(reference / "results" / "tables" / "missing.csv", dtype=str)
+    assert missing.to_dict("records") == [
+        {"family": family, "size": size, "step": str(step), "path": str(gone)}
+    ]
+    report = (reference / "results" / "report.md").read_text()
+    assert "## Missing checkpoints" in report and str(gone) in report
+    assert (reference / "results" / "report.html").exists()
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    kill_during_measure(killed, config, settle=1.0)
+    done = store.done_cells(killed / "results" / "store.zarr")
+    assert len(done) < len(want)  # killed before the end
+    rc, text = snakemake(killed, config, log="rerun")
+    assert rc == 0, text[-4000:]
+    stores_equal(killed / "results" / "store.zarr", path)
+    assert sorted(store.registry(killed / "results" / "store.zarr").values()) == list(
+        range(len(want))
+    )  # each cell written to one index: no duplicates
+    measured = {w for rule, w in jobs_run(text) if rule == "measure"}
+    unfinished = {
+        f"family={k.family}, size={k.size}, step={k.step:07d}, layer={k.layer}"
+        for k in want
+        if k not in done
+    }
+    assert unfinished <= measured  # what the killed run had not finished is measured now
+
+
+def test_sweeping_a_local_hub_cache_kill_resume_and_a_missing_revision(hub_sweep, tmp_path):
+    config, gone, reference = hub_sweep
+    layer = "gpt_neox.layers.0.mlp.dense_4h_to_h"
+    want = [
+        store.CellKey("pythia-like", s, t, layer)
+        for s in SIZES
+        for t in STEPS
+        if (s, t) != ("s2", 4)
+    ]
+    _kill_resume_and_missing(config, gone, reference, want, tmp_path)
+    # every cell read the snapshot its ref names, with the probe the test's text makes:
+    # word ids (sorted vocabulary after [PAD] and [UNK]), padded to 8 tokens
+    vocab = {w: i + 2 for i, w in enumerate(sorted({w for line in TEXT for w in line.split()}))}
+    ids = np.array(
+        [[vocab[w] for w in line.split()] + [0] * (8 - len(line.split())) for line in TEXT]
+    )
+    digest = _sha256({"input_ids": ids, "attention_mask": (ids > 0).astype(np.int64)})
+    path = reference / "results" / "store.zarr"
+    for key in want:
+        cell = store.cell_dataset(path, key)
+        assert cell["probe_hash"].item() == digest
+        repo = reference.parent / "hub" / f"models--toy--neox-{key.size}"
+        commit = (repo / "refs" / f"step{key.step}").read_text()
+        assert cell["checkpoint"].item() == str(repo / "snapshots" / commit)
+        assert cell["checkpoint_hash"].item() == store.file_hash(repo / "snapshots" / commit)
+
+
+def test_sweeping_a_module_builder_kill_resume_and_a_missing_state_dict(module_sweep, tmp_path):
+    config, gone, reference = module_sweep
+    want = [store.CellKey("my-mlp", "h4", 0, layer) for layer in ("fc1", "fc2")]
+    _kill_resume_and_missing(config, gone, reference, want, tmp_path)
+    from safetensors.numpy import load_file
+
+    probe = load_file(str(reference.parent / "mlp-probe.safetensors"))  # as written
+    path = reference / "results" / "store.zarr"
+    for key in want:
+        cell = store.cell_dataset(path, key)
+        assert cell["probe_hash"].item() == _sha256(probe)
+        assert cell["checkpoint"].item() == str(
+            reference.parent / "state" / "h4" / "w-0.safetensors"
+        )
 
 
 def test_bad_declared_configs_fail_before_any_job(trainer_runs, tmp_path):

@@ -24,7 +24,7 @@ from dead_directions.cli.args import step_path
 from dead_directions.core.device import DTYPES, resolve_device, torch_dtype
 from dead_directions.core.direction import BASE_TOL
 from dead_directions.core.read import on_terminal, read_on_device, split_probe
-from dead_directions.detectors import detect
+from dead_directions.detectors import Context, detect
 from dead_directions.io import checkpoints, files, store
 from dead_directions.io.artefacts import (
     cap_directions,
@@ -202,6 +202,43 @@ def detect_cell(
     return cap_directions(found, limit) if limit else (found, 0)
 
 
+def detect_cells(
+    model, inputs, fam, layers, *, detectors=None, max_per_layer=None, limit=None, seed=0
+):
+    """:func:`detect_cell` for every layer of one checkpoint: ``{layer: (directions,
+    dropped)}``, each what :func:`detect_cell` returns (one ``dd.detect`` call per layer, as
+    a detect job makes). The calls share one ``dd.detectors.Context``: the probe batches in
+    float64 and the traced module graph are made once, not once per layer. (One call for
+    all layers would also share the detectors that run at every anchor, but would plan
+    K-FAC's factors of all layers in one pass: a call per layer computes exactly what a
+    detect job computes, so both units write the same store.)"""
+    fit = split_probe(inputs)[0]
+    output = fam.output  # one object: a declared family makes a new one at each access
+    ctx = Context(
+        model,
+        fit,
+        likelihood=fam.likelihood,
+        output=output,
+        seed=seed,
+        max_per_layer=max_per_layer,
+    )
+    out = {}
+    for layer in layers:
+        found = detect(
+            model,
+            fit,
+            detectors=detectors,
+            layers=[module_name(layer)],
+            max_per_layer=max_per_layer,
+            seed=seed,
+            output=output,
+            likelihood=fam.likelihood,
+            context=ctx,
+        )
+        out[layer] = cap_directions(found, limit) if limit else (found, 0)
+    return out
+
+
 def parse_detectors(values: Sequence[str] | None):
     """``--detectors`` values: detector names (each run at every layer), or entries
     ``LayerType=name,name`` (a mapping from layer type to names, overriding
@@ -296,12 +333,18 @@ def layer_dead_dimension(model, inputs, fam, layer: str):
     return dead_dimension(model, inputs, name, likelihood=fam.likelihood, output=fam.output)
 
 
-def measure_and_write(model, inputs, digest, directions, fam, key, args, started) -> int:
+def measure_and_write(
+    model, inputs, digest, directions, fam, key, args, started, *, lay=None, checkpoint_hash=None
+) -> int:
     """Read one cell's directions (``measure_cell``), count its layer's dead dimension, and
     write its chunks, provenance and marker to ``args.store``; returns the cell's index.
     ``args``: the command's checkpoint, store, device, dtype and seed; ``started``: when the
-    cell's work began (its wall time)."""
-    lay = store.layout(args.store)
+    cell's work began (its wall time). ``lay`` (the store's layout) and ``checkpoint_hash``
+    are computed when not given (a job reading many cells of one checkpoint passes them:
+    hashing a large checkpoint folder once per layer would cost more than its reads)."""
+    lay = lay if lay is not None else store.layout(args.store)
+    if checkpoint_hash is None:
+        checkpoint_hash = store.file_hash(args.checkpoint)
     device = resolve_device(args.device)
     dtype = torch_dtype(args.dtype)
     dead = layer_dead_dimension(model, inputs, fam, key.layer)
@@ -315,7 +358,7 @@ def measure_and_write(model, inputs, digest, directions, fam, key, args, started
         seed=args.seed,
         probe_hash=digest,
         checkpoint=str(args.checkpoint),
-        checkpoint_hash=store.file_hash(args.checkpoint),
+        checkpoint_hash=checkpoint_hash,
         wall_seconds=time.perf_counter() - started,
     )
     index = store.write_cell(args.store, key, reads, prov, dead)
@@ -362,29 +405,46 @@ def cmd_measure_checkpoint(args) -> int:
     inputs, digest = load_probe(args.probe)
     check_probe(model, inputs, args.probe)
     layers = json.loads(Path(args.layers).read_text())
-    limit = store.layout(args.store).max_directions
+    lay = store.layout(args.store)
+    checkpoint_hash = store.file_hash(args.checkpoint)
     out_dir = Path(args.directions_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # every layer's directions (on the CPU, as in a detect job), sharing one detector
+    # context; the time is charged to the layers in equal shares
+    detect_started = time.perf_counter()
+    detected = detect_cells(
+        model,
+        inputs,
+        fam,
+        layers,
+        detectors=parse_detectors(args.detectors),
+        max_per_layer=args.max_per_layer,
+        limit=lay.max_directions,
+        seed=args.seed,
+    )
+    share = (time.perf_counter() - detect_started) / max(len(layers), 1)
     cells = []
     for layer in tqdm(layers, desc="layers", unit="layer", disable=not on_terminal()):
-        layer_started = time.perf_counter()
-        model = model.to("cpu")  # detectors run on the CPU, as in a detect job
-        found, dropped = detect_cell(
-            model,
-            inputs,
-            fam,
-            layer,
-            detectors=parse_detectors(args.detectors),
-            max_per_layer=args.max_per_layer,
-            limit=limit,
-            seed=args.seed,
-        )
+        layer_started = time.perf_counter() - share
+        model = model.to("cpu")  # the read may have moved it to the device
+        found, dropped = detected[layer]
         path = out_dir / f"{layer}.safetensors"
         info = {"checkpoint": str(args.checkpoint), "probe_hash": digest, "dropped": dropped}
         save_directions(found, path, info)
         directions = load_directions(path)  # the round trip a measure job reads
         key = store.CellKey(args.family, args.size, int(args.step), layer)
-        index = measure_and_write(model, inputs, digest, directions, fam, key, args, layer_started)
+        index = measure_and_write(
+            model,
+            inputs,
+            digest,
+            directions,
+            fam,
+            key,
+            args,
+            layer_started,
+            lay=lay,
+            checkpoint_hash=checkpoint_hash,
+        )
         cells.append({"layer": layer, "index": index, "n_directions": len(directions)})
     record = {
         "family": args.family,

@@ -109,6 +109,7 @@ def detect(
     seed: int = 0,
     output: Callable | None = None,
     likelihood="gaussian",
+    context: Context | None = None,
     **options,
 ) -> list[Direction]:
     """Run detectors on a model and its probe data; return their directions.
@@ -121,6 +122,11 @@ def detect(
     random choice deterministic. ``output``/``likelihood`` as in ``dd.read``. Extra
     ``options`` reach detectors through ``ctx.option``: ``name={...}`` for one detector,
     or a plain key for all. Names are ``"{detector}:{layer}:{index}"``, unique per model.
+    ``context``: the :class:`Context` of an earlier call (``dd.detectors.Context(model,
+    inputs, ...)`` with this call's inputs, likelihood, output, seed, max_per_layer and
+    options) to reuse its float64 probe batches, traced module graph and caches: detecting
+    the layers of one model one call at a time then costs one trace, and each call returns
+    what a fresh call would.
     """
     modules = dict(model.named_modules())
     wanted = None
@@ -135,15 +141,24 @@ def detect(
                 "dd.detectors.layers(model)."
             )
     plan = _plan(model, detectors, wanted)
-    ctx = Context(
-        model,
-        inputs,
-        likelihood=likelihood,
-        output=output,
-        seed=seed,
-        max_per_layer=max_per_layer,
-        options=options,
-    )
+    if context is None:
+        ctx = Context(
+            model,
+            inputs,
+            likelihood=likelihood,
+            output=output,
+            seed=seed,
+            max_per_layer=max_per_layer,
+            options=options,
+        )
+    else:
+        ctx = context
+        made = (ctx.model, ctx.output, ctx.seed, ctx.max_per_layer, ctx.options)
+        if made != (model, output, int(seed), max_per_layer, dict(options)):
+            raise ValueError(
+                "context: made for another model, output, seed, max_per_layer or options "
+                "than this call's; make one with the call's own (dd.detectors.Context)."
+            )
     ctx.plan = plan
     params = set(ctx.params)
     found: dict[str, Direction] = {}

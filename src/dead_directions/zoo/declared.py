@@ -372,8 +372,24 @@ def _datasets_probe(path: Path) -> dict[str, torch.Tensor]:
     data = datasets.load_from_disk(str(path))
     if isinstance(data, datasets.DatasetDict):
         data = data[sorted(data)[0]]
-    data = data.with_format("torch")
-    return {k: data[k] for k in data.column_names if isinstance(data[k], torch.Tensor)}
+    # the whole split as a batch: a column of equal-length rows is one tensor (a column of a
+    # dataset is a lazy `Column` in datasets >= 4, never a tensor)
+    batch = data.with_format("torch")[:]
+    ragged = [
+        k for k, v in batch.items() if isinstance(v, list) and v and isinstance(v[0], torch.Tensor)
+    ]
+    if ragged:
+        raise ValueError(
+            f"probe data {path}: columns {ragged} have rows of different lengths; pad them to "
+            "one length (with an attention_mask) before save_to_disk."
+        )
+    tensors = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ValueError(
+            f"probe data {path}: no numeric columns to feed the model (columns "
+            f"{data.column_names})."
+        )
+    return tensors
 
 
 def is_declared(spec: Mapping) -> bool:
