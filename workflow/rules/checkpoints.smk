@@ -19,6 +19,6 @@ rule train:
         root=root_of,
         schedule=train_args,
     shell:
-        "dead-directions checkpoints --family {wildcards.family:q} --size {wildcards.size:q} "
+        "dead-directions manifest --family {wildcards.family:q} --size {wildcards.size:q} "
         "{params.schedule:q} --root {params.root:q} --threads {threads:q} "
         "--manifest {output:q} > {log:q} 2>&1"

@@ -80,7 +80,7 @@ def _sidecar_matches(path: Path, family_name: str, size: str, seed: int, tiny: b
     )
 
 
-def cmd_checkpoints(args) -> int:
+def cmd_manifest(args) -> int:
     """Obtain one (family, size)'s checkpoints and write their manifest.
 
     Trains the zoo family (``dd.zoo.train``) at the ``--save`` steps unless every one is
@@ -752,7 +752,9 @@ def _cell_args(p: argparse.ArgumentParser, layer: bool = True) -> None:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("checkpoints", help="train (or register) one family size's checkpoints")
+    p = sub.add_parser(
+        "manifest", help="train (or register) one family size's checkpoints; write their manifest"
+    )
     p.add_argument("--family", required=True)
     p.add_argument("--size", required=True)
     p.add_argument("--root", required=True, help="checkpoint root ({root}/{family}/{size}/…)")
@@ -763,7 +765,7 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--manifest", required=True, help="manifest JSON to write")
     p.add_argument("--spec", default=None, help=SPEC_HELP)
-    p.set_defaults(func=cmd_checkpoints)
+    p.set_defaults(func=cmd_manifest)
 
     p = sub.add_parser("probe", help="save a family's probe inputs")
     p.add_argument("--family", required=True)
