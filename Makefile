@@ -35,7 +35,7 @@ format: setup
 	$(BIN)/ruff check --fix .
 
 test: setup lint
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 clean:
 	rm -rf $(VENV) .pytest_cache

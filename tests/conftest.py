@@ -10,3 +10,12 @@ torch.set_num_threads(1)
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+# The long sweeps run first: with two workers (CI) they are shared out at the start and the
+# short tests fill in after, instead of one worker finishing them alone at the end.
+LONG_FIRST = ("tests/workflow/", "tests/zoo/test_declared.py")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: not item.nodeid.startswith(LONG_FIRST))  # stable
