@@ -5,6 +5,7 @@ them (kill and resume, a missing checkpoint), and bad declarations."""
 import hashlib
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -364,7 +365,13 @@ def _kill_resume_and_missing(config, gone: Path, reference: Path, want, tmp_path
     size = "s2" if family == "pythia-like" else "h4"
     missing = pd.read_csv(reference / "results" / "tables" / "missing.csv", dtype=str)
     assert missing.to_dict("records") == [
-        {"family": family, "size": size, "step": str(step), "path": str(gone)}
+        {
+            "family": family,
+            "size": size,
+            "step": str(step),
+            "path": str(gone),
+            "reason": "not on disk",
+        }
     ]
     report = (reference / "results" / "report.md").read_text()
     assert "## Missing checkpoints" in report and str(gone) in report
@@ -448,3 +455,64 @@ def test_bad_declared_configs_fail_before_any_job(trainer_runs, tmp_path):
         rc, text = snakemake(work, config)
         assert rc != 0 and f"config: families.neox.{key}" in text, text[-3000:]
         assert not (work / "logs").exists() and not jobs_run(text), key
+
+
+# ------------------------------------------------------------------- unreadable checkpoints
+def test_unreadable_checkpoints_are_named_with_the_reason(tmp_path):
+    """``layout.unreadable`` (standard library, run when the workflow is parsed) against
+    files damaged in known ways; a sound file of each format passes."""
+    from safetensors.torch import save_file
+
+    from dead_directions.io.layout import unreadable
+
+    good = tmp_path / "good.safetensors"
+    save_file({"w": torch.arange(6.0).reshape(2, 3)}, str(good))
+    assert unreadable(good) is None
+    data = good.read_bytes()
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(data[:-8])  # 8 of the 6 × 4 = 24 float32 data bytes gone
+    assert "truncated (16 data bytes, the header needs 24)" in unreadable(truncated)
+    short = tmp_path / "short.safetensors"
+    short.write_bytes(b"\x05\x00")
+    assert "2 bytes, shorter than a safetensors header" in unreadable(short)
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\xff" * 8 + b"{}")
+    assert "header claims" in unreadable(garbage)
+    state = tmp_path / "good.pt"
+    torch.save({"w": torch.zeros(2)}, state)
+    assert unreadable(state) is None
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(state.read_bytes()[:40])
+    assert "not a torch zip archive" in unreadable(broken)
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    assert "config.json unreadable" in unreadable(folder)
+    (folder / "config.json").write_text("{}")
+    assert unreadable(folder).startswith("no weights")
+    (folder / "model.safetensors").write_bytes(truncated.read_bytes())
+    assert "truncated" in unreadable(folder)
+    assert unreadable(tmp_path / "absent.safetensors") == "not on disk"
+
+
+def test_an_unreadable_checkpoint_is_reported_and_the_rest_is_planned(trainer_runs, tmp_path):
+    """A truncated state dict of a declared family: the plan reads the other checkpoints,
+    the `missing` table lists it with the reason, and once repaired it is planned again."""
+    root = tmp_path / "m"
+    shutil.copytree(trainer_runs / "state", root / "state")
+    shutil.copy(trainer_runs / "mlp-probe.safetensors", root / "mlp-probe.safetensors")
+    config = _example("module", root)
+    config["families"]["my-mlp"]["steps"] = [0, 5]
+    bad = root / "state" / "h4" / "w-5.safetensors"
+    sound = bad.read_bytes()
+    bad.write_bytes(sound[: len(sound) // 2])
+    rc, text = snakemake(tmp_path / "run", config, "-n", "--printshellcmds")
+    assert rc == 0, text[-3000:]
+    (records,) = re.findall(r"dead-directions missing --records '(.*?)' --out", text)
+    (row,) = json.loads(records)  # step 0 is read; step 5 is reported, with the reason
+    assert (row["step"], row["path"]) == (5, str(bad))
+    assert row["reason"].startswith("w-5.safetensors: its header claims")
+    assert "layers:" in text  # the sweep goes on with the readable checkpoint
+    bad.write_bytes(sound)  # repaired: the next run reads it
+    rc, text = snakemake(tmp_path / "run", config, "-n", "--printshellcmds", log="repaired")
+    assert rc == 0, text[-3000:]
+    assert "dead-directions missing --records '[]'" in text

@@ -145,7 +145,8 @@ RADII = config_radii()
 
 
 def _steps():
-    """(family, size) → the steps read; and the checkpoints listed but not on disk."""
+    """(family, size) → the steps read; and the checkpoints listed but not on disk or not
+    readable (with the reason), which the sweep reports and skips."""
     present, missing = {}, []
     for family, spec in FAMILIES.items():
         for size in spec["sizes"]:
@@ -155,22 +156,32 @@ def _steps():
             lay = LAYOUTS[family]
             on_disk = lay.steps_on_disk(size)
             wanted = spec.get("steps") or on_disk
-            present[family, size] = [s for s in wanted if s in on_disk]
-            missing += [
-                {
-                    "family": family,
-                    "size": size,
-                    "step": s,
-                    "path": str(lay.path(size, s)),
-                }
-                for s in wanted
-                if s not in on_disk
-            ]
+            present[family, size] = []
+            for s in wanted:
+                path = lay.path(size, s)
+                why = (
+                    "not on disk"
+                    if s not in on_disk
+                    else layout_module.unreadable(path)
+                )
+                if why is None:
+                    present[family, size].append(s)
+                else:
+                    missing.append(
+                        {
+                            "family": family,
+                            "size": size,
+                            "step": s,
+                            "path": str(path),
+                            "reason": why,
+                        }
+                    )
     return present, missing
 
 
-# Steps whose checkpoints exist (declared families: found on disk when the workflow is
-# parsed, so a checkpoint that appears later is read by the next run) and those missing.
+# Steps whose checkpoints exist and look readable (declared families: found on disk when
+# the workflow is parsed, so a checkpoint that appears or is repaired later is read by the
+# next run) and those missing or unreadable.
 STEPS, MISSING = _steps()
 
 

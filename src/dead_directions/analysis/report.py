@@ -306,8 +306,9 @@ def write_report(
         absent = pd.read_csv(missing, dtype=str)
         if len(absent):
             note = (
-                f"{len(absent)} checkpoint(s) listed in the config are not on disk; the rest of "
-                "the sweep was read, and a rerun reads them once they appear."
+                f"{len(absent)} checkpoint(s) listed in the config are not on disk or cannot be "
+                "read (the reason column says which); the rest of the sweep was read, and a "
+                "rerun reads them once they appear or are repaired."
             )
             md += ["## Missing checkpoints", "", note, "", absent.to_markdown(index=False), ""]
             body += [

@@ -598,19 +598,25 @@ def cmd_check_family(args) -> int:
 
 
 def cmd_missing(args) -> int:
-    """Write the table of checkpoints the config lists but the disk lacks (CSV)."""
+    """Write the table of checkpoints the config lists but the disk lacks or cannot read (CSV:
+    family, size, step, path, reason)."""
     import pandas as pd  # lazy: pandas is heavy and only the table writers need it
 
     try:
         records = json.loads(args.records)
     except json.JSONDecodeError as err:
         raise ValueError(f"--records: not valid JSON ({err}).") from None
-    frame = pd.DataFrame(records, columns=["family", "size", "step", "path"])
+    for row in records:
+        row.setdefault("reason", "not on disk")
+    frame = pd.DataFrame(records, columns=["family", "size", "step", "path", "reason"])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out, index=False)
     for row in records:
-        print(f"missing: {row['family']}/{row['size']} step {row['step']}: {row['path']}")
+        print(
+            f"missing: {row['family']}/{row['size']} step {row['step']}: {row['path']} "
+            f"({row['reason']})"
+        )
     print(f"{len(records)} missing checkpoints -> {out}")
     return 0
 

@@ -8,9 +8,12 @@ disk without importing the package (and torch).
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 import string
+import struct
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +86,81 @@ class Layout:
                 if m and self.path(size, int(m.group(1))).exists():
                     steps.add(int(m.group(1)))
         return sorted(steps)
+
+
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+HF_INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a readable safetensors file (its header), or None."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                return f"{path.name}: {size} bytes, shorter than a safetensors header"
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                return f"{path.name}: its header claims {n} bytes, the file has {size - 8} after it"
+            header = json.loads(fh.read(n))
+    except (OSError, ValueError) as err:
+        return f"{path.name}: unreadable safetensors header ({err})"
+    if not isinstance(header, dict):
+        return f"{path.name}: the safetensors header is not a JSON object"
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    if ends and max(ends) > size - 8 - n:
+        return f"{path.name}: truncated ({size - 8 - n} data bytes, the header needs {max(ends)})"
+    return None
+
+
+def _torch_problem(path: Path) -> str | None:
+    """Why ``path`` is not a readable torch state dict (zip archive), or None."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (OSError, zipfile.BadZipFile) as err:
+        return f"{path.name}: not a torch zip archive ({err})"
+    return f"{path.name}: corrupt member {bad}" if bad else None
+
+
+def unreadable(path: str | os.PathLike) -> str | None:
+    """Why the checkpoint at ``path`` cannot be read, or None when it looks readable.
+
+    Cheap checks with the standard library only (the workflow runs them for every
+    checkpoint when it is parsed): a safetensors file's header and data length, a torch
+    file's zip archive, a Hugging Face folder's ``config.json`` and weights. A checkpoint
+    that passes may still fail to load (a shape that does not fit the model); that fails
+    its own job, naming the tensor."""
+    path = Path(path)
+    if path.is_dir():
+        try:
+            json.loads((path / "config.json").read_text())
+        except (OSError, ValueError) as err:
+            return f"config.json unreadable ({err})"
+        for index in HF_INDEX_FILES:
+            if (path / index).is_file():
+                try:
+                    shards = set(json.loads((path / index).read_text())["weight_map"].values())
+                except (OSError, ValueError, KeyError, AttributeError) as err:
+                    return f"{index} unreadable ({err})"
+                for shard in sorted(shards):
+                    problem = unreadable(path / shard)
+                    if problem:
+                        return problem
+                return None
+        for name in HF_WEIGHT_FILES:
+            if (path / name).is_file():
+                return unreadable(path / name)
+        return f"no weights ({' or '.join(HF_WEIGHT_FILES + HF_INDEX_FILES)})"
+    if not path.is_file():
+        return "not on disk"
+    if path.suffix == ".safetensors":
+        return _safetensors_problem(path)
+    if path.suffix in TORCH_SUFFIXES:
+        return _torch_problem(path)
+    return None
 
 
 class LayoutError(ValueError):
