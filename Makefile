@@ -35,7 +35,7 @@ format: setup
 	$(BIN)/ruff check --fix .
 
 test: setup lint
-	$(BIN)/python -m pytest -q -n 2 --dist worksteal
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 clean:
 	rm -rf $(VENV) .pytest_cache

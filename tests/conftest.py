@@ -12,10 +12,15 @@ def _deterministic():
     yield
 
 
-# The long sweeps run first: with two workers (CI) they are shared out at the start and the
-# short tests fill in after, instead of one worker finishing them alone at the end.
-LONG_FIRST = ("tests/workflow/", "tests/zoo/test_declared.py")
+# The long sweeps, in two groups that xdist keeps on one worker each (`make test` runs
+# `--dist loadgroup`): each group's session fixtures (the tiny sweep, the example training
+# run) are built once, and the two workers share the long tests instead of one finishing
+# them alone; the short tests fill in around them.
+SWEEP_GROUPS = {"tests/workflow/": "sweeps-zoo", "tests/zoo/test_declared.py": "sweeps-declared"}
 
 
 def pytest_collection_modifyitems(items):
-    items.sort(key=lambda item: not item.nodeid.startswith(LONG_FIRST))  # stable
+    for item in items:
+        for prefix, group in SWEEP_GROUPS.items():
+            if item.nodeid.startswith(prefix):
+                item.add_marker(pytest.mark.xdist_group(group))
