@@ -188,27 +188,27 @@ def detect_cell(
 
     The detectors see only the fit part of the probe (:func:`dead_directions.split_probe`):
     the read holds the rest out to confirm every gauge verdict (METHOD §3 rule 1)."""
-
-    found = detect(
+    found = detect_cells(
         model,
-        split_probe(inputs)[0],
+        inputs,
+        fam,
+        [layer],
         detectors=detectors,
-        layers=[module_name(layer)],
         max_per_layer=max_per_layer,
+        limit=limit,
         seed=seed,
-        output=fam.output,
-        likelihood=fam.likelihood,
     )
-    return cap_directions(found, limit) if limit else (found, 0)
+    return found[layer]
 
 
 def detect_cells(
     model, inputs, fam, layers, *, detectors=None, max_per_layer=None, limit=None, seed=0
 ):
-    """:func:`detect_cell` for every layer of one checkpoint: ``{layer: (directions,
-    dropped)}``, each what :func:`detect_cell` returns (one ``dd.detect`` call per layer, as
-    a detect job makes). The calls share one ``dd.detectors.Context``: the probe batches in
-    float64 and the traced module graph are made once, not once per layer. (One call for
+    """The directions of every layer of one checkpoint: ``{layer: (directions capped at
+    ``limit``, how many were dropped)}`` (one ``dd.detect`` call per layer; a detect job is
+    the one-layer case, :func:`detect_cell`). The calls share one ``dd.detectors.Context``:
+    the probe batches in float64 and the traced module graph are made once, not once per
+    layer. (One call for
     all layers would also share the detectors that run at every anchor, but would plan
     K-FAC's factors of all layers in one pass: a call per layer computes exactly what a
     detect job computes, so both units write the same store.)"""

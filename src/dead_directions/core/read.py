@@ -660,13 +660,10 @@ def _confirm_gauges(
         elif rho_h <= options.rho_gauge:
             out[i] = replace(reads[i], heldout=rho_h)
         else:
-            out[i] = replace(
+            out[i] = _undetermined(
                 reads[i],
-                kind="undetermined",
-                order=math.nan,
-                lam=math.nan,
-                heldout=rho_h,
-                note=f"ρ = {fit.rho:.2g} on the probe, but the correction fitted there leaves "
+                rho_h,
+                f"ρ = {fit.rho:.2g} on the probe, but the correction fitted there leaves "
                 f"ρ = {rho_h:.2g} on held-out inputs: the fit absorbed the probe, not an orbit",
             )
     if flat:
@@ -685,16 +682,21 @@ def _confirm_gauges(
                         f"{check.correctability:.2g} fitted there)",
                     )
             else:
-                out[i] = replace(
+                out[i] = _undetermined(
                     reads[i],
-                    kind="undetermined",
-                    order=math.nan,
-                    lam=math.nan,
-                    heldout=ratio,
-                    note=f"{reads[i].note}, but not on held-out inputs (g ≤ {ratio:.2g}·g_ref "
+                    ratio,
+                    f"{reads[i].note}, but not on held-out inputs (g ≤ {ratio:.2g}·g_ref "
                     f"there, reads {check.kind} k̂ = {check.order:.3g}): a probe artefact",
                 )
     return out
+
+
+def _undetermined(read: Read, heldout: float, note: str) -> Read:
+    """``read`` turned ``undetermined`` by its held-out check (no order, no λ), keeping the
+    held-out number and saying why."""
+    return replace(
+        read, kind="undetermined", order=math.nan, lam=math.nan, heldout=heldout, note=note
+    )
 
 
 def _radius_grid(radii) -> np.ndarray:
