@@ -9,6 +9,13 @@ entry u touches (``support_fraction=0``: with the noise, every parameter), which
 made wide genuine singularities read as gauges. Prints both distributions, the gap and
 the chosen ``rho_gauge``.
 
+Then the support magnitude (``RhoFit.support_magnitude``: g(θ; u) against the largest
+directional Fisher of a unit vector in ρ's correction space; a tangent to an orbit has 0):
+the exact gauges above against units near their node-death locus
+(``dd.constructed.near_locus_cells``, tanh and GELU, distances 1e-3 … 1e-8, read along
+their own weights), whose ρ is ≈ 0 as for a gauge. Prints both distributions and the
+threshold (``RateOptions.near_dead``).
+
     python benchmarks/bench_rho.py [--widths 4 16 64 256] [--attention-max 64]
 
 The attention orbit at width 256 (131 072 correction parameters, CGLS) takes ~150 s:
@@ -33,6 +40,7 @@ def main() -> None:
     rho_gauge = dd.ReadOptions().rho_gauge
     every = dd.ReadOptions(support_fraction=0.0)
     gauges, genuine = [], []
+    tangents = []
     print("| width | cell | truth | ρ (correction space) | kind | ρ (every entry) | kind | s |")
     print("|---|---|---|---|---|---|---|---|")
     for width in args.widths:
@@ -47,6 +55,8 @@ def main() -> None:
             truth = cell.direction.predicted_kind
             name = cell.name.rsplit("-w", 1)[0]
             (gauges if name in GAUGES else genuine).append(r.correctability)
+            if name in GAUGES:
+                tangents.append(r.support_magnitude)
             wide_rho = f"{wide.correctability:.2e}" if wide else "—"
             wide_kind = wide.kind if wide else "—"
             print(
@@ -62,6 +72,29 @@ def main() -> None:
         f"gap: {math.log10(bottom / top):.1f} decades; rho_gauge = {rho_gauge:g} "
         f"({math.log10(rho_gauge / top):.1f} decades above the largest gauge, "
         f"{math.log10(bottom / rho_gauge):.1f} below the smallest genuine)"
+    )
+    print()
+    print("| width | cell | distance δ | ρ | support magnitude | kind | k̂ |")
+    print("|---|---|---|---|---|---|---|")
+    near = []
+    for width in args.widths:
+        for distance in (1e-3, 1e-4, 1e-6, 1e-8):
+            for cell in dd.constructed.near_locus_cells(width, distance):
+                r = cell.read()
+                near.append(r.support_magnitude)
+                name = cell.name.rsplit("-w", 1)[0]
+                print(
+                    f"| {width} | {name} | {distance:g} | {r.correctability:.1e} | "
+                    f"{r.support_magnitude:.2e} | {r.kind} | {r.order:.3f} |"
+                )
+    limit = dd.ReadOptions().rate.near_dead
+    print()
+    print(f"exact gauges' support magnitudes: n = {len(tangents)}, ≤ {max(tangents):.1e}")
+    print(f"near-locus node deaths:           n = {len(near)}, ≥ {min(near):.1e}")
+    print(
+        f"near_dead = {limit:g} ({math.log10(limit / max(tangents)):.1f} decades "
+        f"above the largest gauge, {math.log10(min(near) / limit):.1f} below the smallest "
+        "near-locus)"
     )
 
 

@@ -11,7 +11,7 @@ import dead_directions as dd
 from dead_directions.core.correctability import rho_fits
 from dead_directions.core.fisher import FunctionalModel
 from dead_directions.core.likelihood import get_likelihood
-from dead_directions.nn.constructed import MLP, width_cells
+from dead_directions.nn.constructed import MLP, near_locus_cells, width_cells
 
 DTYPE = torch.float64
 
@@ -80,6 +80,8 @@ def test_width_sweep_kinds_do_not_depend_on_width_or_support(width):
         else:
             assert r.correctability < 1e-9 and r.heldout < rho_gauge, (r.name, r.heldout)
             assert abs(r.ray_order - 2.0) <= 0.05
+            # Tangent to its orbit, up to the 1e-10 noise.
+            assert r.support_magnitude <= 1e-12, (r.name, r.support_magnitude)
 
 
 @pytest.mark.parametrize("width", [4, 16, 64, pytest.param(256, marks=pytest.mark.slow)])
@@ -96,6 +98,45 @@ def test_width_sweep_attention_qk_orbit_is_a_gauge(width):
     _assert_reads_prediction(r, "gauge", math.inf)
     assert r.correctability <= dd.ReadOptions().rho_stop * 10
     assert r.heldout < dd.ReadOptions().rho_gauge
+    assert r.support_magnitude <= 1e-12
+
+
+@pytest.mark.parametrize("width", [16, 256])
+def test_a_unit_near_its_node_death_is_not_a_curved_gauge(width):
+    """A tanh or GELU unit δ from its node-death locus, read along its own weights
+    (:func:`near_locus_cells`): the truth is the node death, singular k = 2. Near the locus
+    the activation is linear, so ρ alone is ≈ 0 (a correction of size ≈ 1/δ absorbs the
+    departure) and would say gauge; but the direction is no tangent: against its own
+    correction space its first-order change is as large as most (support magnitude,
+    checked against an independent Jacobian of the unit's weights by autograd and SVD)."""
+    options = dd.ReadOptions()
+    for delta in (1e-4, 1e-6):
+        for cell in near_locus_cells(width, delta):
+            r = cell.read()
+            _assert_reads_prediction(r, "singular", 2.0)
+            assert r.correctability <= options.rho_gauge  # ρ alone: "gauge"
+            assert r.support_magnitude > 1e3 * options.rate.near_dead, r.name
+            assert "not tangent" in r.note, r.note
+    (cell,) = near_locus_cells(width, 1e-4, activations=("tanh",))
+    u = cell.direction.vector
+    params = {k: v.detach() for k, v in cell.model.named_parameters()}
+    fit, held = dd.split_probe(cell.inputs)
+
+    def unit_outputs(*moved):
+        full = dict(params)
+        for k, m in zip(u, moved, strict=True):
+            full[k] = params[k] + m
+        return torch.func.functional_call(cell.model, full, (fit,)).reshape(-1)
+
+    zeros = tuple(torch.zeros_like(params[k]) for k in u)
+    jac = torch.autograd.functional.jacobian(unit_outputs, zeros)
+    rows = torch.cat([j.reshape(j.shape[0], -1) for j in jac], dim=1)
+    moved = torch.cat([u[k].reshape(-1) != 0 for k in u])
+    a = rows[:, moved]  # the unit's own weights: u's support
+    s_max = float(torch.linalg.svdvals(a)[0])
+    flat_u = torch.cat([u[k].reshape(-1) for k in u])[moved]
+    expected = float((a @ flat_u).norm() ** 2) / s_max**2 / float(flat_u.norm() ** 2)
+    assert cell.read().support_magnitude == pytest.approx(expected, rel=1e-6)
 
 
 def test_under_determined_probe_reads_undetermined_never_gauge():
@@ -249,7 +290,14 @@ def test_store_keeps_the_new_variables(tmp_path):
     n = len(reads)
     assert list(cell["kind"].values[:n]) == [r.kind for r in reads]
     assert list(cell["rho_status"].values[:n]) == [r.rho_status for r in reads]
-    for name in ("heldout", "lower_slope", "upper_slope", "crossover"):
+    for name in (
+        "heldout",
+        "lower_slope",
+        "upper_slope",
+        "crossover",
+        "support_magnitude",
+    ):
         np.testing.assert_array_equal(cell[name].values[:n], [getattr(r, name) for r in reads])
     assert math.isfinite(float(cell["crossover"].values[0]))
     assert reads[2].rho_status == "under-determined"
+    assert math.isfinite(float(cell["support_magnitude"].values[1]))  # the curved gauge

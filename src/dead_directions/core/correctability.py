@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch.func import jvp, vjp, vmap
@@ -67,6 +67,17 @@ class RhoFit:
     ``correction``: the fitted ``w`` (tensors of the parameters' shapes, zero outside the
     correction space), for the held-out check; ``None`` when not solved. ``detail``: the
     reason in words where the status is not ``"solved"``.
+
+    ``support_magnitude``: ``‖M J u‖² / (s_max² ‖u‖²)``, the direction's own first-order
+    change against the largest a unit vector of the correction space can make (``s_max``
+    the top singular value of ``M J`` there: exact by SVD, a lower bound by power
+    iteration beside CGLS); NaN when not solved. ρ presumes the ray starts tangent to an
+    orbit of constant function (``J u = 0``): a tangent measures 0 up to rounding and
+    noise. A direction whose parameters are all nearly dead (a unit δ from its node
+    death, along its own weights) has a small ``J u`` only because every column of ``J``
+    on them is small: against its own correction space it is as live as any (≥ 2e-3
+    measured), while near the locus the activation is linear and a correction of size
+    ≈ 1/δ takes ρ to ≈ 0 — it is no tangent, and the read does not call it a gauge.
     """
 
     rho: float
@@ -76,6 +87,7 @@ class RhoFit:
     n_constraints: int
     correction: dict[str, torch.Tensor] | None = field(default=None, repr=False)
     detail: str = ""
+    support_magnitude: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -94,6 +106,7 @@ class RhoSolver:
     support_fraction: float = CORRECTION_FRACTION
     min_constraints_ratio: float = 2.0
     rho_gauge: float = math.nan
+    power_iterations: int = 20
 
 
 def correctability(
@@ -160,7 +173,8 @@ def rho_fits(
     :class:`RhoSolver` (``maxiter`` 200, ``rtol`` 1e-12, ``rho_tiny`` 1e-10, ``stall``
     1e-3, ``stall_window`` 10, ``stall_floor`` 0.5, ``explicit_max`` 128,
     ``confirm_above`` ∞, ``confirm_max`` 1024, ``support_fraction`` 1e-8,
-    ``min_constraints_ratio`` 2, ``rho_gauge`` NaN).
+    ``min_constraints_ratio`` 2, ``rho_gauge`` NaN, ``power_iterations`` 20: for the top
+    singular value beside CGLS, see ``RhoFit.support_magnitude``).
 
     Determinacy first: a least squares with fewer equations than unknowns fits anything
     (ρ ≈ 1e-15 for a genuine singular direction with 130 unknowns and 8 equations), so a
@@ -220,6 +234,9 @@ def _solve(fmodel, lik, batch, u, g_ref, eps_flat, solver: RhoSolver) -> list[Rh
         return t.reshape(count, -1).sum(dim=1)
 
     b_sq = total(b * b)
+    # The ray's own first-order change, for support_magnitude (per unit ‖u‖²).
+    ju = vmap(lambda v: lik.whiten(y, jvp(f, (point,), (v,))[1]))(u)
+    first_sq = (total(ju * ju) / sum(total(v * v) for v in u.values())).tolist()
     valid = torch.isfinite(b_sq) & (b_sq / n > eps_flat * g_ref)
     masks = _stacked_masks(u, solver.support_fraction)
     moved = sum(total(m.to(torch.int64)) for m in masks.values())
@@ -253,7 +270,8 @@ def _solve(fmodel, lik, batch, u, g_ref, eps_flat, solver: RhoSolver) -> list[Rh
 
     def exact(i):
         mask = {k: m[i] for k, m in masks.items()}
-        return _explicit_fit(f, point, lik, y, b[i], mask, solver, n_constraints)
+        fit, top = _explicit_fit(f, point, lik, y, b[i], mask, solver, n_constraints)
+        return replace(fit, support_magnitude=first_sq[i] / top**2 if top > 0 else math.nan)
 
     for i in explicit.nonzero().flatten().tolist():
         fits[i] = exact(i)
@@ -324,6 +342,19 @@ def _solve(fmodel, lik, batch, u, g_ref, eps_flat, solver: RhoSolver) -> list[Rh
     residual = apply(w) + b
     rho = torch.sqrt(total(residual * residual) / safe_b_sq)
     values = rho.tolist()
+    # s_max² of M J on each correction space by power iteration from Jᵀb (overlaps the top
+    # singular vectors wherever b is in J's range): a lower bound, so support_magnitude is
+    # if anything too large — the side that keeps a near-dead direction from reading gauge;
+    # a tangent's is at rounding level (≤ 1e-20), far from the threshold either way.
+    v = apply_t(-b)
+    top_sq = torch.zeros_like(b_sq)
+    for _ in range(solver.power_iterations):
+        norm = torch.sqrt(dot(v, v))
+        v = {k: t / per_direction(torch.where(norm > 0, norm, 1.0), t) for k, t in v.items()}
+        jv = apply(v)
+        top_sq = total(jv * jv)
+        v = apply_t(jv)
+    support = [first_sq[i] / top if top > 0 else math.nan for i, top in enumerate(top_sq.tolist())]
     for i in iterate.nonzero().flatten().tolist():
         decided = bool(converged[i]) or values[i] <= solver.confirm_above
         if not decided and sizes[i] <= solver.confirm_max:
@@ -336,6 +367,7 @@ def _solve(fmodel, lik, batch, u, g_ref, eps_flat, solver: RhoSolver) -> list[Rh
                 sizes[i],
                 n_constraints,
                 correction={k: v[i] for k, v in w.items()},
+                support_magnitude=support[i],
                 detail=""
                 if decided
                 else (
@@ -349,10 +381,11 @@ def _solve(fmodel, lik, batch, u, g_ref, eps_flat, solver: RhoSolver) -> list[Rh
 
 def _explicit_fit(
     f, point, lik, y, b, mask, solver: RhoSolver, n_constraints: int, budget: int = 1 << 26
-) -> RhoFit:
+) -> tuple[RhoFit, float]:
     """``min_w ‖A w + b‖ / ‖b‖`` with ``A`` the whitened Jacobian on the correction space
     ``mask`` (booleans of the parameters' shapes), formed column by column (vmapped
-    one-hot JVPs, ``budget`` bytes of tangents per call) and solved by SVD."""
+    one-hot JVPs, ``budget`` bytes of tangents per call) and solved by SVD. Returns the
+    fit and ``A``'s largest singular value."""
     keys = list(mask)
     where = [torch.nonzero(mask[k].reshape(-1)).flatten().cpu() for k in keys]  # bookkeeping
     key_of = torch.cat([torch.full((len(ix),), j) for j, ix in enumerate(where)])
@@ -403,7 +436,7 @@ def _explicit_fit(
                 f"ill-conditioned: ρ = {rho:.2g} only with singular values below √eps·s_max "
                 f"(ρ = {loose:.2g} without them)"
             )
-    return RhoFit(rho, status, "exact", len(flat_of), n_constraints, w, detail)
+    return RhoFit(rho, status, "exact", len(flat_of), n_constraints, w, detail), float(top)
 
 
 def heldout_rho(

@@ -72,9 +72,12 @@ class Read:
     ``g`` on the held-out inputs over their own ``g_ref``; for a curved one ρ on the
     held-out inputs with the correction fitted on the fit part (NaN where not checked).
     ``rho_status`` is :class:`~dead_directions.core.correctability.RhoFit`'s status (``""``
-    where ρ was not computed). ``lower_slope``, ``upper_slope`` and ``crossover`` (r*,
-    parameter units) describe a two-regime curve (:class:`~dead_directions.core.rate.RateRead`;
-    NaN for one regime).
+    where ρ was not computed); ``support_magnitude`` is ``g(θ_base; u)`` against the
+    largest directional Fisher of a unit vector in ρ's correction space
+    (:attr:`RhoFit.support_magnitude`, NaN where ρ was not solved): a curved gauge is
+    tangent to its orbit, so this is at most ``ReadOptions.rate.near_dead``.
+    ``lower_slope``, ``upper_slope`` and ``crossover`` (r*, parameter units) describe a
+    two-regime curve (:class:`~dead_directions.core.rate.RateRead`; NaN for one regime).
 
     Recovery is measured at the checkpoint (METHOD §5): a direction with its own ``base``
     (a detector's projection onto the locus) is read at the base (the fields above) and
@@ -109,6 +112,7 @@ class Read:
     lower_slope: float = math.nan
     upper_slope: float = math.nan
     crossover: float = math.nan
+    support_magnitude: float = math.nan
     base_distance: float = math.nan
     checkpoint_kind: str = ""
     checkpoint_order: float = math.nan
@@ -878,6 +882,13 @@ def _classify(
     g = np.asarray(curve[1:], dtype=float)
     magnitude = g_base / g_ref if g_ref > 0 else math.nan
     rho = fit.rho if fit is not None else math.nan
+    support = fit.support_magnitude if fit is not None else math.nan
+    # ρ presumes a ray tangent to an orbit (J u = 0). Against its own correction space a
+    # tangent is dead: the same near-dead level as the two-regime read's, taken against the
+    # largest g there instead of g_ref. A unit δ from its node death, read along its own
+    # weights, is as live as its parameters allow (≥ 2e-3) and ρ ≈ 0 only because near the
+    # locus the activation is linear: no gauge.
+    not_tangent = math.isfinite(support) and support > options.rate.near_dead
     note = ""
     if rate.flat:
         kind, order, lam = "gauge", math.inf, 0.0
@@ -896,11 +907,18 @@ def _classify(
     elif fit is not None and fit.status not in ("solved", "no-departure"):
         kind, order, lam = "undetermined", math.nan, math.nan
         note = f"k̂ = {rate.order:.3g} on the ray, gauge or genuine undecided: {fit.detail}"
-    elif math.isfinite(rho) and rho <= options.rho_gauge:
+    elif math.isfinite(rho) and rho <= options.rho_gauge and not not_tangent:
         kind, order, lam = "gauge", math.inf, 0.0
         note = "curved gauge: the ray's second-order departure is correctable"
     else:
         kind, order, lam = "singular", rate.order, 1.0 / (2.0 * rate.order)
+        if math.isfinite(rho) and rho <= options.rho_gauge:
+            note = (
+                f"not a curved gauge: ρ = {rho:.2g}, but u is not tangent to an orbit (its "
+                f"g is {support:.2g} of the largest in its correction space > near_dead = "
+                f"{options.rate.near_dead:g}): its parameters are nearly dead together, "
+                "near a singular set (a unit near its node death)"
+            )
     return Read(
         name=d.name,
         layer=d.layer,
@@ -925,6 +943,7 @@ def _classify(
         lower_slope=rate.lower_slope,
         upper_slope=rate.upper_slope,
         crossover=rate.crossover,
+        support_magnitude=support,
     )
 
 

@@ -379,6 +379,16 @@ DATA_VARIABLES = (
         "NaN for a curve with one regime",
     ),
     Variable(
+        "support_magnitude",
+        _CD,
+        "float64",
+        np.nan,
+        "g(θ_base; u) over the largest directional Fisher of a unit vector in ρ's "
+        "correction space (a curved gauge is tangent to its orbit: ≤ near_dead)",
+        "1",
+        "NaN where ρ was not solved",
+    ),
+    Variable(
         "base_distance",
         _CD,
         "float64",
@@ -870,6 +880,7 @@ def _cell_values(reads: Sequence, layout_: Layout, key: CellKey) -> dict[str, np
         out["lower_slope"][j] = r.lower_slope
         out["upper_slope"][j] = r.upper_slope
         out["crossover"][j] = r.crossover
+        out["support_magnitude"][j] = r.support_magnitude
         out["base_distance"][j] = r.base_distance
         out["checkpoint_kind"][j] = r.checkpoint_kind
         out["checkpoint_order"][j] = r.checkpoint_order

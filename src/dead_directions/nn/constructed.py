@@ -462,6 +462,50 @@ def width_cells(
     return cells
 
 
+def near_locus_cells(
+    width: int,
+    distance: float,
+    activations: tuple[str, ...] = ("tanh", "gelu"),
+    n_inputs: int = 512,
+    seed: int = 0,
+) -> list[Cell]:
+    """Node death seen from near its locus: a trained network's nearly dead unit.
+
+    The node-death models of :func:`width_cells` (MLP 3→``width``→2, ``n_inputs``
+    Gaussian inputs) with unit 0's incoming weights, bias and outgoing weights equal to
+    ``distance · û``, ``û`` the unit's randomly drawn weights there, normalised over all
+    three tensors: the checkpoint lies ``distance`` from the node-death locus
+    along ``û``, and the direction is ``û`` itself (no base: read at the checkpoint). The
+    truth is the node death, singular k = 2: along the ray the unit's contribution is
+    ``(δ + t)² â (ŵ·x + b̂)`` to leading order, so ``g`` is flat-ish below ``t ≈ δ`` and
+    grows as ``t²`` above, and ``g(θ; û)`` is small but not zero (``J û ≠ 0``: û is not
+    tangent to any orbit of constant function).
+
+    What makes the cell hard: near the locus the activation is linear, so a first-order
+    move of size ≈ 1/δ absorbs the ray's second-order departure and ρ ≈ 0 (≤ 1e-8 for δ ≤
+    1e-3), as for a curved gauge. But û is no tangent to an orbit: ``J û`` is small only
+    because every column of ``J`` on the unit's weights is (``RhoFit.support_magnitude``:
+    against the largest first-order change of its correction space, û's is of order
+    ``‖â‖²`` or more, where a tangent's is 0).
+    """
+    cells = []
+    for act in activations:
+        (cell,) = width_cells(width, n_inputs, seed, kinds=(f"node-death-{act}",))
+        offsets = cell.direction.base  # unit 0's weights → 0
+        unit = {k: -v for k, v in offsets.items()}  # the unit's own weights
+        norm = math.sqrt(sum(float((v * v).sum()) for v in unit.values()))
+        unit = {k: v / norm for k, v in unit.items()}
+        with torch.no_grad():
+            for k, p in cell.model.named_parameters():
+                if k in unit:
+                    p.add_(offsets[k] + distance * unit[k])
+        name = f"near-locus-{act}-w{width}"
+        direction = _dir(name, "fc1", unit, "singular", 2.0)
+        description = f"{act} unit {distance:g} from its node death, width {width}"
+        cells.append(Cell(name, description, cell.model, cell.inputs, direction))
+    return cells
+
+
 def _mask_channel(weight: torch.Tensor, channel: int, axis: int) -> torch.Tensor:
     """Offset that sets ``weight``'s slice ``channel`` along ``axis`` to zero."""
     offset = torch.zeros_like(weight.detach())
