@@ -10,7 +10,7 @@ from models import make, random_direction
 from torch.func import functional_call, jacrev
 
 import dead_directions as dd
-from dead_directions.core.correctability import correctability, correctability_many
+from dead_directions.core.correctability import correctability, rho_fits
 from dead_directions.core.fisher import FunctionalModel
 from dead_directions.core.likelihood import get_likelihood
 
@@ -232,7 +232,7 @@ def test_read_on_device_spot_checks_low_precision_against_float64():
         assert a.fisher_base == pytest.approx(b.fisher_base, rel=1e-4)
 
 
-def test_correctability_many_equals_one_direction_at_a_time():
+def test_rho_fits_of_many_directions_equal_one_direction_at_a_time():
     """The vmapped CGLS gives each direction what its own run gives, including when
     directions stop at different iterations (rescalings reach ρ ≈ 0, random ones stall)."""
     model = ConvBN(batch_stats=False).eval()
@@ -260,7 +260,7 @@ def test_correctability_many_equals_one_direction_at_a_time():
         # Same arithmetic; over many iterations CGLS amplifies rounding differences.
         for maxiter, rtol in ((3, 1e-12), (40, 1e-6)):
             kw = dict(g_ref=1.0, eps_flat=1e-20, maxiter=maxiter, explicit_max=0)
-            many = correctability_many(fmodel, lik, ((x,), {}), vectors, **kw)
+            many = [f.rho for f in rho_fits(fmodel, lik, ((x,), {}), vectors, **kw)]
             one = [correctability(fmodel, lik, ((x,), {}), v, **kw) for v in vectors]
             np.testing.assert_allclose(many, one, rtol=rtol, atol=1e-12)
     # Rescalings of live channels are gauges, generic directions are not; channel 2's
@@ -270,10 +270,13 @@ def test_correctability_many_equals_one_direction_at_a_time():
     # converges to: ρ ≈ 0 to rounding for the rescalings, the same ρ for the others.
     with torch.no_grad():
         kw = dict(g_ref=1.0, eps_flat=1e-20)
-        exact = correctability_many(fmodel, lik, ((x,), {}), vectors, **kw)
-        converged = correctability_many(
-            fmodel, lik, ((x,), {}), vectors, **kw, explicit_max=0, maxiter=2000, rtol=1e-15
-        )
+        exact = [f.rho for f in rho_fits(fmodel, lik, ((x,), {}), vectors, **kw)]
+        converged = [
+            f.rho
+            for f in rho_fits(
+                fmodel, lik, ((x,), {}), vectors, **kw, explicit_max=0, maxiter=2000, rtol=1e-15
+            )
+        ]
     assert max(exact[:2]) < 1e-12 and math.isnan(exact[2])
     np.testing.assert_allclose(exact[3:], converged[3:], rtol=1e-8)
 
@@ -306,9 +309,9 @@ def test_rho_confirms_a_stalled_cgls_exactly():
     lik = get_likelihood("gaussian", 1.0)
     kw = dict(g_ref=1.0, eps_flat=1e-20, explicit_max=0, maxiter=1)
     with torch.no_grad():
-        (stopped,) = correctability_many(fmodel, lik, ((x,), {}), [u], **kw)
-        (confirmed,) = correctability_many(fmodel, lik, ((x,), {}), [u], **kw, confirm_above=0.05)
-        (exact,) = correctability_many(fmodel, lik, ((x,), {}), [u], g_ref=1.0, eps_flat=1e-20)
+        stopped = correctability(fmodel, lik, ((x,), {}), u, **kw)
+        confirmed = correctability(fmodel, lik, ((x,), {}), u, **kw, confirm_above=0.05)
+        exact = correctability(fmodel, lik, ((x,), {}), u, g_ref=1.0, eps_flat=1e-20)
     assert stopped > 0.05
     assert confirmed == exact and exact < 1e-12
     r = dd.read(model, x, u, radii=np.logspace(-4, 0, 17))

@@ -661,18 +661,20 @@ def cmd_read(args) -> int:
         else {}
     )
     rows, per_layer = [], {}
-
+    # every layer's directions at once, sharing one detector context (as a sweep's
+    # per-checkpoint job does), on the CPU before any read moves the model
+    detected = detect_cells(
+        model,
+        inputs,
+        fam,
+        layers,
+        detectors=parse_detectors(args.detectors),
+        max_per_layer=args.max_per_layer,
+        limit=limit,
+        seed=args.seed,
+    )
     for layer in tqdm(layers, desc="layers", unit="layer", disable=not on_terminal()):
-        found, _ = detect_cell(
-            model,
-            inputs,
-            fam,
-            layer,
-            detectors=parse_detectors(args.detectors),
-            max_per_layer=args.max_per_layer,
-            limit=limit,
-            seed=args.seed,
-        )
+        found, _ = detected[layer]
         reads, check, device_name, dtype_name = measure_cell(
             model, inputs, found, fam, radii, device=device, dtype=dtype, seed=args.seed
         )
@@ -701,15 +703,16 @@ def cmd_read(args) -> int:
     seconds = time.perf_counter() - started
     print(f"\n{len(rows)} directions in {len(layers)} layers read in {seconds:.1f} s.")
     if args.store:
+        digest, checkpoint_hash = probe_hash(inputs), store.file_hash(args.checkpoint)
         for layer, (reads, check, device_name, dtype_name) in per_layer.items():
             prov = store.Provenance.collect(
                 device=device_name,
                 dtype=dtype_name,
                 spot_check=check,
                 seed=args.seed,
-                probe_hash=probe_hash(inputs),
+                probe_hash=digest,
                 checkpoint=str(args.checkpoint),
-                checkpoint_hash=store.file_hash(args.checkpoint),
+                checkpoint_hash=checkpoint_hash,
                 wall_seconds=seconds / max(1, len(layers)),
             )
             key = store.CellKey(args.family, size, step, layer)
@@ -744,9 +747,19 @@ def _has_store(path) -> bool:
     return (Path(path) / "zarr.json").exists()
 
 
-def _cell_args(p: argparse.ArgumentParser, layer: bool = True) -> None:
+def _family_args(
+    p: argparse.ArgumentParser, size: bool = True, spec_required: bool = False
+) -> None:
+    """``--family``, ``--size`` (unless ``size`` is False) and ``--spec``: which model."""
     p.add_argument("--family", required=True)
-    p.add_argument("--size", required=True)
+    if size:
+        p.add_argument("--size", required=True)
+    p.add_argument("--spec", required=spec_required, default=None, help=SPEC_HELP)
+
+
+def _cell_args(p: argparse.ArgumentParser, layer: bool = True) -> None:
+    """:func:`_family_args` and the cell's step, layer, checkpoint and probe."""
+    _family_args(p)
     p.add_argument("--step", required=True, type=int)
     if layer:
         p.add_argument("--layer", required=True)
@@ -754,15 +767,13 @@ def _cell_args(p: argparse.ArgumentParser, layer: bool = True) -> None:
     p.add_argument("--probe", required=True, help="probe data (from `dead-directions probe`)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--spec", default=None, help=SPEC_HELP)
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "manifest", help="train (or register) one family size's checkpoints; write their manifest"
     )
-    p.add_argument("--family", required=True)
-    p.add_argument("--size", required=True)
+    _family_args(p)
     p.add_argument("--root", required=True, help="checkpoint root ({root}/{family}/{size}/…)")
     p.add_argument("--save", type=int, nargs="*", default=None, help="steps to save")
     p.add_argument("--seed", type=int, default=0)
@@ -770,28 +781,24 @@ def add_parser(sub) -> None:
     p.add_argument("--external", nargs="*", default=None, help="STEP=PATH checkpoints to use")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--manifest", required=True, help="manifest JSON to write")
-    p.add_argument("--spec", default=None, help=SPEC_HELP)
     p.set_defaults(func=cmd_manifest)
 
     p = sub.add_parser("probe", help="save a family's probe inputs")
-    p.add_argument("--family", required=True)
+    _family_args(p, size=False)
     p.add_argument("--n", type=int, default=None, help="probe inputs (family default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
-    p.add_argument("--spec", default=None, help=SPEC_HELP)
     p.add_argument(
         "--tokenizer-from", default=None, help="a checkpoint folder with the tokenizer (text)"
     )
     p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("layers", help="list the layers a sweep fans out over (JSON)")
-    p.add_argument("--family", required=True)
-    p.add_argument("--size", required=True)
+    _family_args(p)
     p.add_argument("--checkpoint", default=None, help="read the model from this checkpoint")
     p.add_argument("--only", nargs="*", default=None, help="keep only these layers")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True)
-    p.add_argument("--spec", default=None, help=SPEC_HELP)
     p.set_defaults(func=cmd_layers)
 
     p = sub.add_parser("detect", help="run the detectors on one layer of one checkpoint")
@@ -886,9 +893,7 @@ def add_parser(sub) -> None:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("check-family", help="check a declared family before a sweep")
-    p.add_argument("--family", required=True)
-    p.add_argument("--spec", required=True, help=SPEC_HELP)
-    p.add_argument("--size", required=True)
+    _family_args(p, spec_required=True)
     p.add_argument("--step", required=True, type=int)
     p.set_defaults(func=cmd_check_family)
 

@@ -134,27 +134,8 @@ def correctability(
     ``‖M D²f‖² ≤ eps_flat · g_ref``): the ray then leaves the locus at third order or
     later, which a curved orbit cannot do, so there is nothing to correct.
     """
-    (rho,) = correctability_many(fmodel, lik, batch, [u], g_ref=g_ref, eps_flat=eps_flat, **options)
-    return rho
-
-
-def correctability_many(
-    fmodel: FunctionalModel,
-    lik: Likelihood,
-    batch: Batch,
-    vectors: Sequence[Mapping[str, torch.Tensor]],
-    *,
-    g_ref: float,
-    eps_flat: float,
-    chunk: int = 8,
-    **options,
-) -> list[float]:
-    """ρ of :func:`correctability` for each of ``vectors``: the ``rho`` of :func:`rho_fits`
-    (NaN where it did not solve)."""
-    fits = rho_fits(
-        fmodel, lik, batch, vectors, g_ref=g_ref, eps_flat=eps_flat, chunk=chunk, **options
-    )
-    return [f.rho for f in fits]
+    (fit,) = rho_fits(fmodel, lik, batch, [u], g_ref=g_ref, eps_flat=eps_flat, **options)
+    return fit.rho
 
 
 def rho_fits(
