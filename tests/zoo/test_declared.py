@@ -171,6 +171,13 @@ def test_an_image_folder_probe_is_the_pixels_written_and_its_hash_goes_into_prov
         "rgb", {**spec, "probe": {"path": str(tmp_path / "images.npy"), "kind": "images"}}
     )
     assert torch.equal(arrays.probe(), torch.from_numpy(want[::-1].copy()))
+    # raw pixels in an array file (uint8, N×H×W×C) are refused, not guessed at
+    np.save(tmp_path / "raw.npy", pixels)
+    raw = DeclaredFamily.from_config(
+        "rgb", {**spec, "probe": {"path": str(tmp_path / "raw.npy"), "kind": "images"}}
+    )
+    with pytest.raises(ValueError, match=r"image array of torch.uint8 \(3, 4, 5, 3\).*x / 255"):
+        raw.probe()
     Image.fromarray(pixels[0, :3], "RGB").save(folder / "d3.png")
     with pytest.raises(ValueError, match=r"images of different sizes \[\(3, 5, 3\), \(4, 5, 3\)\]"):
         fam.probe()

@@ -348,8 +348,20 @@ def _tensor_probe(path: Path):
 
 
 def _image_probe(path: Path) -> torch.Tensor:
+    """A folder of image files (RGB, pixel / 255, ``(N, 3, H, W)`` float64), or one array
+    file taken as stored: float pixels already scaled and laid out as the model takes them.
+    An integer array is raw pixels — their scale and layout are the user's to choose, so
+    it is refused rather than guessed."""
     if path.is_file():
-        return _tensor_probe(path)
+        images = _tensor_probe(path)
+        if isinstance(images, torch.Tensor) and not images.is_floating_point():
+            raise ValueError(
+                f"probe data {path}: an image array of {images.dtype} {tuple(images.shape)} "
+                "(raw pixels). An array file is taken as stored: save float pixels, scaled "
+                "and laid out as the model takes them (e.g. x / 255 as N×C×H×W), or give "
+                "a folder of image files (read as RGB, pixel / 255, N×3×H×W)."
+            )
+        return images
     from PIL import Image  # lazy: Pillow only for image-folder probes
 
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
