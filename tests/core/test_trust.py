@@ -110,17 +110,19 @@ def test_a_unit_near_its_node_death_is_not_a_curved_gauge(width):
     correction space its first-order change is as large as most (support magnitude,
     checked against an independent Jacobian of the unit's weights by autograd and SVD)."""
     options = dd.ReadOptions()
+    reads = {}  # (cell name, δ) → (cell, its read)
     for delta in (1e-4, 1e-6):
         for cell in near_locus_cells(width, delta):
             r = cell.read()
+            reads[cell.name, delta] = cell, r
             _assert_reads_prediction(r, "singular", 2.0)
             assert r.correctability <= options.rho_gauge  # ρ alone: "gauge"
             assert r.support_magnitude > 1e3 * options.rate.near_dead, r.name
             assert "not tangent" in r.note, r.note
-    (cell,) = near_locus_cells(width, 1e-4, activations=("tanh",))
+    cell, r = reads[f"near-locus-tanh-w{width}", 1e-4]
     u = cell.direction.vector
     params = {k: v.detach() for k, v in cell.model.named_parameters()}
-    fit, held = dd.split_probe(cell.inputs)
+    fit, _ = dd.split_probe(cell.inputs)
 
     def unit_outputs(*moved):
         full = dict(params)
@@ -136,7 +138,7 @@ def test_a_unit_near_its_node_death_is_not_a_curved_gauge(width):
     s_max = float(torch.linalg.svdvals(a)[0])
     flat_u = torch.cat([u[k].reshape(-1) for k in u])[moved]
     expected = float((a @ flat_u).norm() ** 2) / s_max**2 / float(flat_u.norm() ** 2)
-    assert cell.read().support_magnitude == pytest.approx(expected, rel=1e-6)
+    assert r.support_magnitude == pytest.approx(expected, rel=1e-6)
 
 
 def test_under_determined_probe_reads_undetermined_never_gauge():

@@ -888,7 +888,8 @@ def _classify(
     # largest g there instead of g_ref. A unit δ from its node death, read along its own
     # weights, is as live as its parameters allow (≥ 2e-3) and ρ ≈ 0 only because near the
     # locus the activation is linear: no gauge.
-    not_tangent = math.isfinite(support) and support > options.rate.near_dead
+    tangent = not (math.isfinite(support) and support > options.rate.near_dead)
+    correctable = math.isfinite(rho) and rho <= options.rho_gauge
     note = ""
     if rate.flat:
         kind, order, lam = "gauge", math.inf, 0.0
@@ -907,12 +908,12 @@ def _classify(
     elif fit is not None and fit.status not in ("solved", "no-departure"):
         kind, order, lam = "undetermined", math.nan, math.nan
         note = f"k̂ = {rate.order:.3g} on the ray, gauge or genuine undecided: {fit.detail}"
-    elif math.isfinite(rho) and rho <= options.rho_gauge and not not_tangent:
+    elif correctable and tangent:
         kind, order, lam = "gauge", math.inf, 0.0
         note = "curved gauge: the ray's second-order departure is correctable"
     else:
         kind, order, lam = "singular", rate.order, 1.0 / (2.0 * rate.order)
-        if math.isfinite(rho) and rho <= options.rho_gauge:
+        if correctable:  # but no tangent
             note = (
                 f"not a curved gauge: ρ = {rho:.2g}, but u is not tangent to an orbit (its "
                 f"g is {support:.2g} of the largest in its correction space > near_dead = "

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from dead_directions.core.device import DTYPE
-from dead_directions.core.direction import Direction
+from dead_directions.core.direction import Direction, normalise
 from dead_directions.core.read import read
 from dead_directions.nn.models import Monomial
 
@@ -492,9 +492,7 @@ def near_locus_cells(
     for act in activations:
         (cell,) = width_cells(width, n_inputs, seed, kinds=(f"node-death-{act}",))
         offsets = cell.direction.base  # unit 0's weights → 0
-        unit = {k: -v for k, v in offsets.items()}  # the unit's own weights
-        norm = math.sqrt(sum(float((v * v).sum()) for v in unit.values()))
-        unit = {k: v / norm for k, v in unit.items()}
+        unit = normalise({k: -v for k, v in offsets.items()})  # the unit's own weights
         with torch.no_grad():
             for k, p in cell.model.named_parameters():
                 if k in unit:
