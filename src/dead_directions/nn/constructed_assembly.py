@@ -104,14 +104,18 @@ class AssemblyCell:
         return assemble(self.read(**options) if reads is None else reads, self.loci)
 
 
-class NormalCrossing(nn.Module):
-    """``f(x) = (a₁^{p₁} ⋯ a_n^{p_n}) x``, so ``K ∝ Π a_i^{2 p_i}`` around 0."""
+class _ScalarPowers(nn.Module):
+    """Scalar parameters ``a1 … an``, all 0, one per entry of ``exponents``."""
 
     def __init__(self, exponents: tuple[int, ...]):
         super().__init__()
         self.exponents = tuple(exponents)
         for i in range(len(self.exponents)):
             setattr(self, f"a{i + 1}", nn.Parameter(torch.zeros((), dtype=DTYPE)))
+
+
+class NormalCrossing(_ScalarPowers):
+    """``f(x) = (a₁^{p₁} ⋯ a_n^{p_n}) x``, so ``K ∝ Π a_i^{2 p_i}`` around 0."""
 
     def forward(self, x):
         out = x
@@ -121,14 +125,8 @@ class NormalCrossing(nn.Module):
         return out
 
 
-class PowerSum(nn.Module):
+class PowerSum(_ScalarPowers):
     """``f(x) = (a₁^{p₁} x₁, …, a_n^{p_n} x_n)``, so ``K ∝ Σ a_i^{2 p_i}`` around 0."""
-
-    def __init__(self, exponents: tuple[int, ...]):
-        super().__init__()
-        self.exponents = tuple(exponents)
-        for i in range(len(self.exponents)):
-            setattr(self, f"a{i + 1}", nn.Parameter(torch.zeros((), dtype=DTYPE)))
 
     def forward(self, x):
         cols = [getattr(self, f"a{i + 1}") ** p * x[:, i] for i, p in enumerate(self.exponents)]
