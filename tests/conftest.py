@@ -12,6 +12,15 @@ def _deterministic():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread in every test, also after a test (or an in-process command's
+    ``--threads``) changed it."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)
+
+
 # The long sweeps, in two groups that xdist keeps on one worker each (`make test` runs
 # `--dist loadgroup`): each group's session fixtures (the tiny sweep, the example training
 # run) are built once, and the two workers share the long tests instead of one finishing

@@ -16,14 +16,6 @@ def _random_(module: nn.Module, gen: torch.Generator) -> None:
             p.copy_(torch.randn(p.shape, generator=gen, dtype=DTYPE))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _planted_mlp(d_in=3, hidden=6, d_out=2, seed=0):
     """tanh MLP with unit 0 dead (incoming, bias and outgoing weights 0) and unit 2 a
     duplicate of unit 1 (same incoming weights and bias, its own outgoing weights)."""

@@ -65,14 +65,7 @@ def _table_rows(text: str) -> dict[str, list[str]]:
 @pytest.fixture(scope="module")
 def columns():
     """d, closed form, structured and blind (λ, m) with errors of every default cell."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return {c.name: llc_compare.assembly_columns(c) for c in llc_compare.default_cells()}
-    finally:
-        torch.set_num_threads(threads)
+    return {c.name: llc_compare.assembly_columns(c) for c in llc_compare.default_cells()}
 
 
 @pytest.mark.parametrize("doc", ["docs/compare_llc.md", "README.md"])

@@ -38,32 +38,22 @@ SUM_TYPE = ["a^2+b^4", "regular-linear", "softmax-regression", "nc-0-1", "nc-0-2
 
 @pytest.fixture(scope="module")
 def assembled():
-    """Every assembly cell read once (one intra-op thread: tiny models, 2 shared cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        out = {}
-        for cell in dd.constructed_assembly.assembly_cells():
-            reads = cell.read()
-            out[cell.name] = (cell, reads, cell.assemble(reads))
-        return out
-    finally:
-        torch.set_num_threads(threads)
+    """Every assembly cell read once."""
+    out = {}
+    for cell in dd.constructed_assembly.assembly_cells():
+        reads = cell.read()
+        out[cell.name] = (cell, reads, cell.assemble(reads))
+    return out
 
 
 @pytest.fixture(scope="module")
 def blind(assembled):
     """Blind (λ, m) of every cell: a Jacobian-adapted and a random basis read at its
     deepest true point, sum type assumed."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return {
-            name: (cell.blind("jacobian")[1], cell.blind("random")[1])
-            for name, (cell, _, _) in assembled.items()
-        }
-    finally:
-        torch.set_num_threads(threads)
+    return {
+        name: (cell.blind("jacobian")[1], cell.blind("random")[1])
+        for name, (cell, _, _) in assembled.items()
+    }
 
 
 def test_the_cell_list_is_complete(assembled):

@@ -19,16 +19,6 @@ from models import make
 import dead_directions as dd
 from dead_directions import detectors
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one intra-op thread is faster (and fair under pytest -n 2)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 CONVERGED = dd.ReadOptions(rho_stop=1e-10)  # ρ by CGLS run to convergence
 
 

@@ -42,14 +42,6 @@ def _output(o):
     return torch.cat([o.last_hidden_state, o.pooler_output.unsqueeze(1)], dim=1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_minilm_layernorm_kernel_is_a_flat_gauge_after_every_layernorm():
     start = time.perf_counter()
     model, inputs = _load()
